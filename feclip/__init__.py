@@ -1,0 +1,1 @@
+"""feclip: frequency-enhanced CLIP anomaly detection on gearbox HDMAP health maps."""
