@@ -1,0 +1,228 @@
+"""Frozen open_clip ViT exposed token by token: stem, block ranges, projection and text encoding.
+
+`ClipBackbone` wraps an open_clip CLIP model (kept as `.clip`, so its own `encode_image` stays callable) whose
+weights never train (requires_grad False, eval mode always). FE-CLIP needs the token stream between blocks,
+so the image forward is split into `embed` (stem + interpolated positional embedding + ln_pre), `run_blocks`
+and `project` (ln_post + CLIP projection); chaining them over all blocks reproduces `encode_image`.
+
+Weights (`pretrained`): None = random init (seed the torch RNG first), an open_clip tag ('openai', ...) or a
+local weights file. A tag whose weights are not cached fails at once when the hub is offline or unreachable.
+Tags trained with QuickGELU (e.g. OpenAI's) build the model with QuickGELU; a local OpenAI weights file
+needs a `-quickgelu` model name (e.g. ViT-L-14-336-quickgelu).
+The repo ships a tiny random-init ViT, "feclip-tiny" (configs/feclip-tiny.json), for tests and CPU runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+TINY = "feclip-tiny"
+LOCAL_FILE_HINT = "backbone.pretrained=/path/to/open_clip_pytorch_model.bin"
+_TRUE = ("1", "on", "yes", "true")
+
+if TINY not in open_clip.list_models():
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+class BackboneError(ValueError):
+    """The backbone cannot be built or used as asked (model name, weights, input size, block range)."""
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _tag_cached(tag_cfg: dict) -> bool:
+    """Whether open_clip would find the tag's weights without a download (hub cache or ~/.cache/clip)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if tag_cfg.get("file"):
+        return Path(tag_cfg["file"]).is_file()
+    if tag_cfg.get("hf_hub"):
+        repo, filename = os.path.split(tag_cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        safe = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else filename
+        names = {filename, safe, str(Path(safe).with_suffix(".safetensors"))}
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+    url = tag_cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+
+
+def _download_host(tag_cfg: dict) -> str:
+    from huggingface_hub import constants
+
+    url = constants.ENDPOINT if tag_cfg.get("hf_hub") else tag_cfg.get("url", "")
+    return urlparse(url).hostname or ""
+
+
+def _reachable(host: str, timeout_s: float = 5.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_download_possible(model_name: str, tag: str, tag_cfg: dict) -> None:
+    """Fail at once (not after the hub's retries) when uncached weights cannot be downloaded."""
+    if hub_offline():
+        reason = "the hub is offline (HF_HUB_OFFLINE=1)"
+    elif not _reachable(host := _download_host(tag_cfg)):
+        reason = f"{host or 'the download host'} cannot be reached (no network?)"
+    else:
+        return
+    raise BackboneError(
+        f"backbone {model_name!r}: weights for tag {tag!r} are not cached and {reason}; "
+        f"download them once online or pass a local file with {LOCAL_FILE_HINT}"
+    )
+
+
+def create_clip(model_name: str, pretrained: str | None) -> nn.Module:
+    """The open_clip model `model_name` with weights `pretrained` (None | tag | file); one-line errors."""
+    if model_name not in open_clip.list_models():
+        raise BackboneError(
+            f"backbone {model_name!r} is not an open_clip model name (e.g. {TINY}, ViT-B-16, ViT-L-14-336)"
+        )
+    if pretrained is None:
+        return open_clip.create_model(model_name)
+    pretrained = str(pretrained)
+    if os.path.isfile(pretrained):
+        return _create(
+            model_name, pretrained, {}, "expected an open_clip state dict (.bin, .pt or .safetensors)"
+        )
+    tag_cfg = get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        known = ", ".join(list_pretrained_tags_by_model(model_name)) or "none"
+        raise BackboneError(
+            f"backbone {model_name!r}: pretrained={pretrained!r} is neither an open_clip tag "
+            f"(known: {known}) nor an existing file; pass a local file with {LOCAL_FILE_HINT}"
+        )
+    if not _tag_cached(tag_cfg):
+        _check_download_possible(model_name, pretrained, tag_cfg)
+    options = {"force_quick_gelu": bool(tag_cfg.get("quick_gelu", False))}
+    return _create(
+        model_name, pretrained, options, f"with no network pass a local file with {LOCAL_FILE_HINT}"
+    )
+
+
+def _create(model_name: str, pretrained: str, options: dict, hint: str) -> nn.Module:
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained, **options)
+    except (RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BackboneError(
+            f"backbone {model_name!r}: cannot load weights pretrained={pretrained!r} ({reason}); {hint}"
+        ) from error
+
+
+def _check_vision_tower(model_name: str, visual: nn.Module) -> None:
+    if not isinstance(visual, VisionTransformer):
+        raise BackboneError(
+            f"backbone {model_name!r}: image tower is {type(visual).__name__}, expected an open_clip ViT"
+        )
+    if visual.attn_pool is not None or visual.pool_type != "tok" or visual.proj is None:
+        raise BackboneError(
+            f"backbone {model_name!r}: expected class-token pooling with a projection (no attentional pooler)"
+        )
+
+
+def interpolate_positional_embedding(pos: torch.Tensor, native_grid, grid) -> torch.Tensor:
+    """pos: (1 + nh * nw, D) -> (1 + gh * gw, D): class row kept, patch rows bicubic-resampled in float32."""
+    patches = pos[1:].float().reshape(1, *native_grid, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1].float(), patches[0].flatten(1).T]).to(pos.dtype)
+
+
+class ClipBackbone(nn.Module):
+    """Frozen open_clip ViT; tokens are (B, 1 + gh * gw, D) with the class token first, batch first."""
+
+    def __init__(self, model_name: str, pretrained: str | None = None) -> None:
+        super().__init__()
+        self.model_name = model_name
+        self.pretrained = None if pretrained is None else str(pretrained)
+        self.clip = create_clip(model_name, pretrained)
+        visual = self.clip.visual
+        _check_vision_tower(model_name, visual)
+        self.clip.requires_grad_(False)
+        self.clip.eval()
+        self.width: int = visual.conv1.out_channels
+        self.embed_dim: int = visual.output_dim
+        self.num_blocks: int = len(visual.transformer.resblocks)
+        self.patch_size: tuple[int, int] = tuple(visual.patch_size)
+        self.native_size: tuple[int, int] = tuple(visual.image_size)
+        self.native_grid: tuple[int, int] = tuple(visual.grid_size)
+        preprocess = getattr(visual, "preprocess_cfg", {})
+        self.mean: tuple = tuple(preprocess.get("mean", OPENAI_DATASET_MEAN))
+        self.std: tuple = tuple(preprocess.get("std", OPENAI_DATASET_STD))
+        self._tokenizer = open_clip.get_tokenizer(model_name)
+
+    @property
+    def visual(self) -> VisionTransformer:
+        """The open_clip image tower (a property, so its weights are registered once, under `clip.`)."""
+        return self.clip.visual
+
+    def train(self, mode: bool = True) -> ClipBackbone:
+        """Always eval: the backbone is frozen (no dropout, no patch dropout) whatever the caller asks."""
+        return super().train(False)
+
+    def grid_size(self, image_size) -> tuple[int, int]:
+        """Patch grid (gh, gw) of an input (h, w): floor division by the patch size, as the stem conv does."""
+        h, w = image_size
+        gh, gw = h // self.patch_size[0], w // self.patch_size[1]
+        if gh < 1 or gw < 1:
+            raise BackboneError(
+                f"input size {(h, w)} is smaller than one {self.patch_size} patch of {self.model_name}"
+            )
+        return gh, gw
+
+    def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1 + gh * gw, D): the checkpoint's embedding at its native grid, else interpolated to `grid`."""
+        pos = self.visual.positional_embedding
+        if tuple(grid) == self.native_grid:
+            return pos
+        return interpolate_positional_embedding(pos, self.native_grid, grid)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, h, w) normalised -> tokens (B, 1 + gh * gw, D): stem, class token, pos, ln_pre."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise BackboneError(f"images of shape {tuple(images.shape)}, expected (B, 3, h, w)")
+        grid = self.grid_size(images.shape[-2:])
+        x = self.visual.conv1(images).flatten(2).transpose(1, 2)  # (B, gh * gw, D)
+        cls = self.visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)
+        return self.visual.ln_pre(x)
+
+    def run_blocks(self, tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """tokens: (B, N, D) -> (B, N, D) after blocks start .. stop - 1 (in the transformer's own layout)."""
+        if not 0 <= start <= stop <= self.num_blocks:
+            raise BackboneError(
+                f"block range [{start}, {stop}) outside [0, {self.num_blocks}] of {self.model_name}"
+            )
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+        x = tokens if batch_first else tokens.transpose(0, 1)
+        for block in self.visual.transformer.resblocks[start:stop]:
+            x = block(x)
+        return x if batch_first else x.transpose(0, 1)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (..., D) -> (..., E): ln_post then CLIP's frozen visual projection."""
+        return self.visual.ln_post(tokens) @ self.visual.proj
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """texts: T strings -> (T, E) L2-normalised text embeddings."""
+        device = self.visual.proj.device
+        return self.clip.encode_text(self._tokenizer(list(texts)).to(device), normalize=True)

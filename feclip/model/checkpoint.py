@@ -1,0 +1,164 @@
+"""Checkpoints of the trainable FE-CLIP state (adapters + fc) with a JSON description; no pickles.
+
+A checkpoint directory holds
+- `trainable.safetensors`: the adapters' and fc's tensors (the frozen backbone is never saved here);
+- `model.json`: the description (backbone name, pretrained, width, embed_dim, num_blocks, resolved taps, the
+  FEClipConfig, the input size) and the caller's `extra` dict (JSON values);
+- `extra.safetensors`: top-level tensor values of `extra`, when there are any.
+Loading checks the description against the model first and fails with a one-line CheckpointError naming the
+differences (backbone, width, taps, input size, or an adapter option of the config), model vs checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from feclip.model.feclip import FEClip, FEClipConfig
+
+FORMAT = "feclip-checkpoint/1"
+WEIGHTS_FILE = "trainable.safetensors"
+DESCRIPTION_FILE = "model.json"
+EXTRA_TENSORS_FILE = "extra.safetensors"
+# FEClipConfig fields that define what the trainable tensors mean; the head's read-out options may differ.
+ADAPTER_FIELDS = (
+    "adapters",
+    "lam",
+    "freq",
+    "ffe",
+    "ffe_window",
+    "lfs",
+    "lfs_window",
+    "lfs_statistic",
+    "lfs_kernel",
+    "conv_adapter",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is unreadable or does not match the model it is loaded into."""
+
+
+def describe(model: FEClip, input_size=None) -> dict[str, Any]:
+    """The JSON description of `model` (input_size defaults to the size the model was first run at)."""
+    size = input_size if input_size is not None else model.input_size
+    backbone = model.backbone
+    return {
+        "format": FORMAT,
+        "backbone": backbone.model_name,
+        "pretrained": backbone.pretrained,
+        "width": backbone.width,
+        "embed_dim": backbone.embed_dim,
+        "num_blocks": backbone.num_blocks,
+        "taps": list(model.taps),
+        "config": json.loads(json.dumps(asdict(model.cfg))),
+        "input_size": None if size is None else [int(v) for v in size],
+    }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def save_checkpoint(directory, model: FEClip, extra: dict | None = None, input_size=None) -> Path:
+    """Write the trainable state, the description and `extra` (JSON values, top-level tensors)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    extra = dict(extra or {})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in extra.items() if isinstance(v, torch.Tensor)}
+    description = describe(model, input_size)
+    description["extra"] = {k: v for k, v in extra.items() if k not in tensors}
+    try:
+        text = json.dumps(description, indent=2, default=_json_value)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {directory}: extra is not JSON-serialisable ({error})") from error
+    state = {k: v.cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    save_file(state, directory / WEIGHTS_FILE, metadata={"format": FORMAT})
+    if tensors:
+        save_file(tensors, directory / EXTRA_TENSORS_FILE, metadata={"format": FORMAT})
+    tmp = directory / f"{DESCRIPTION_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, directory / DESCRIPTION_FILE)
+    return directory
+
+
+def read_description(directory) -> dict[str, Any]:
+    """A checkpoint's description: backbone, pretrained, width, taps, config, input_size, extra."""
+    path = Path(directory) / DESCRIPTION_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a feclip checkpoint directory (no {DESCRIPTION_FILE})")
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint description ({error})") from error
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {description.get('format')!r}, expected {FORMAT!r}")
+    return description
+
+
+def _differences(model: FEClip, description: dict, input_size) -> list[tuple[str, Any, Any]]:
+    """(name, model value, checkpoint value) for each mismatch, in a fixed order."""
+    backbone = model.backbone
+    size = input_size if input_size is not None else model.input_size
+    pairs = [
+        ("backbone", backbone.model_name, description["backbone"]),
+        ("width", backbone.width, description["width"]),
+        ("taps", list(model.taps), description["taps"]),
+    ]
+    if size is not None and description["input_size"] is not None:
+        pairs.append(("input size", [int(v) for v in size], description["input_size"]))
+    try:
+        saved = FEClipConfig(**description["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint config {description['config']!r} is invalid ({error})") from error
+    pairs += [(f"config.{name}", getattr(model.cfg, name), getattr(saved, name)) for name in ADAPTER_FIELDS]
+    return [(name, ours, theirs) for name, ours, theirs in pairs if ours != theirs]
+
+
+def load_checkpoint(directory, model: FEClip, input_size=None) -> dict[str, Any]:
+    """Load the trainable state of `directory` into `model` after checking the description; returns `extra`.
+
+    input_size: the (h, w) the model will run at; checked against the saved one when both are known
+    (defaults to `model.input_size`). A model without a recorded size takes the checkpoint's.
+    """
+    directory = Path(directory)
+    description = read_description(directory)
+    differences = _differences(model, description, input_size)
+    if differences:
+        found = "; ".join(
+            f"{name}: model has {ours!r}, checkpoint has {theirs!r}" for name, ours, theirs in differences
+        )
+        raise CheckpointError(f"checkpoint {directory} does not match the model: {found}")
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"checkpoint {directory}: {WEIGHTS_FILE} is missing")
+    state = load_file(directory / WEIGHTS_FILE)
+    expected = model.trainable_state_dict()
+    if set(state) != set(expected):
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise CheckpointError(f"checkpoint {directory}: tensors missing {missing}, unexpected {unexpected}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"checkpoint {directory}: {name} has shape {tuple(tensor.shape)}, "
+                f"model {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    if model.input_size is None and description["input_size"] is not None:
+        model.input_size = tuple(description["input_size"])
+    extra = dict(description.get("extra", {}))
+    if (directory / EXTRA_TENSORS_FILE).is_file():
+        extra.update(load_file(directory / EXTRA_TENSORS_FILE))
+    return extra

@@ -1,0 +1,195 @@
+"""ClipBackbone: token forward == open_clip's own, interpolation, layouts, weights, fast offline errors."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from feclip.model.backbone import BackboneError, ClipBackbone, interpolate_positional_embedding
+from feclip.model.feclip import FEClip, FEClipConfig
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return ClipBackbone("feclip-tiny")
+
+
+def block_outputs(backbone, run):
+    """Outputs of every resblock while `run()` executes, in call order."""
+    outputs = []
+    hooks = [
+        b.register_forward_hook(lambda m, i, o: outputs.append(o))
+        for b in backbone.visual.transformer.resblocks
+    ]
+    try:
+        result = run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs, result
+
+
+def token_forward(backbone, images):
+    tokens = backbone.run_blocks(backbone.embed(images), 0, backbone.num_blocks)
+    return backbone.project(tokens[:, 0])
+
+
+def test_tiny_config(backbone):
+    assert (backbone.width, backbone.embed_dim, backbone.num_blocks) == (64, 32, 4)
+    assert backbone.patch_size == (16, 16) and backbone.native_size == (224, 224)
+    assert backbone.grid_size((112, 336)) == (7, 21)
+    assert len(backbone.mean) == 3 and len(backbone.std) == 3
+
+
+def test_frozen_and_always_eval(backbone):
+    backbone.train()
+    assert not backbone.training and not backbone.clip.training
+    assert not any(p.requires_grad for p in backbone.parameters())
+
+
+@pytest.mark.parametrize("size", [(224, 224), (230, 237)])  # the same 14 x 14 grid: no interpolation needed
+def test_token_forward_equals_encode_image(backbone, size):
+    images = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ours, embedding = block_outputs(backbone, lambda: token_forward(backbone, images))
+        theirs, reference = block_outputs(backbone, lambda: backbone.clip.encode_image(images))
+    assert len(ours) == len(theirs) == backbone.num_blocks
+    for a, b in zip(ours, theirs, strict=True):
+        assert (a - b).abs().max() <= 1e-5
+    assert (embedding - reference).abs().max() <= 1e-5
+
+
+def test_interpolation_keeps_the_native_grid_and_the_class_row(backbone):
+    pos = backbone.visual.positional_embedding.detach()
+    assert torch.equal(interpolate_positional_embedding(pos, (14, 14), (14, 14)), pos)
+    resized = backbone.positional_embedding((7, 21))
+    assert resized.shape == (1 + 7 * 21, 64)
+    assert torch.equal(resized[0], pos[0])
+    # a 2x upsampling keeps the mean of each channel approximately
+    doubled = interpolate_positional_embedding(pos, (14, 14), (28, 28))
+    assert torch.allclose(doubled[1:].mean(0), pos[1:].mean(0), atol=0.02)
+
+
+def test_non_square_input_runs(backbone):
+    with torch.no_grad():
+        tokens = backbone.run_blocks(backbone.embed(torch.randn(1, 3, 112, 336)), 0, 4)
+    assert tokens.shape == (1, 1 + 7 * 21, 64)
+
+
+def sequence_first_copy(backbone):
+    """The same weights with the transformer built sequence-first (open_clip < 2.26 layout)."""
+    flipped = copy.deepcopy(backbone)
+    flipped.visual.transformer.batch_first = False
+    for block in flipped.visual.transformer.resblocks:
+        block.attn.batch_first = False
+    return flipped
+
+
+def test_run_blocks_follows_the_transformer_layout(backbone):
+    flipped = sequence_first_copy(backbone)
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        tokens = backbone.embed(images)
+        expected = backbone.run_blocks(tokens, 0, 4)
+        assert torch.allclose(flipped.run_blocks(tokens, 0, 4), expected, atol=1e-6)
+        assert torch.allclose(token_forward(flipped, images), flipped.clip.encode_image(images), atol=1e-5)
+        # calling the flipped blocks on batch-first tokens without the transpose attends across the batch
+        wrong = tokens
+        for block in flipped.visual.transformer.resblocks:
+            wrong = block(wrong)
+    assert not torch.allclose(wrong, expected, atol=1e-3)
+
+
+def test_feclip_outputs_do_not_depend_on_the_layout(backbone):
+    text = torch.randn(2, 32)
+    torch.manual_seed(5)
+    net = FEClip(backbone, FEClipConfig(lam=0.5), text)
+    flipped = FEClip(sequence_first_copy(backbone), FEClipConfig(lam=0.5), text)
+    flipped.load_state_dict(net.state_dict())
+    images = torch.randn(3, 3, 112, 336)
+    with torch.no_grad():
+        a, b = net(images), flipped(images)
+    assert torch.allclose(a.map, b.map, atol=1e-5) and torch.allclose(a.score, b.score, atol=1e-6)
+    assert torch.allclose(a.cls_embedding, b.cls_embedding, atol=1e-5)
+
+
+def test_encode_text_is_normalised(backbone):
+    features = backbone.encode_text(["a photo of a cat", "a damaged object", "x"])
+    assert features.shape == (3, 32)
+    assert torch.allclose(features.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_local_weights_file(backbone, tmp_path):
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(backbone.clip.state_dict(), path)
+    torch.manual_seed(123)
+    loaded = ClipBackbone("feclip-tiny", str(path))
+    assert loaded.pretrained == str(path)
+    for (name, a), b in zip(backbone.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_cached_openai_tag_builds_with_quick_gelu(backbone, monkeypatch):
+    """A cached tag goes to open_clip with the tag's activation (OpenAI weights: QuickGELU)."""
+    calls = []
+
+    def fake_create_model(name, pretrained=None, **options):
+        calls.append((name, pretrained, options))
+        return copy.deepcopy(backbone.clip)
+
+    monkeypatch.setattr("feclip.model.backbone._tag_cached", lambda tag_cfg: True)
+    monkeypatch.setattr("open_clip.create_model", fake_create_model)
+    wrapped = ClipBackbone("ViT-L-14-336", "openai")
+    assert calls == [("ViT-L-14-336", "openai", {"force_quick_gelu": True})]
+    assert wrapped.pretrained == "openai" and wrapped.num_blocks == 4
+
+
+def test_unreadable_weights_file_raises(tmp_path):
+    path = tmp_path / "broken.bin"
+    path.write_text("not weights")
+    with pytest.raises(
+        BackboneError, match="cannot load weights pretrained=.*broken.bin.*open_clip state dict"
+    ):
+        ClipBackbone("feclip-tiny", str(path))
+
+
+def test_bad_names_and_ranges_raise(backbone):
+    with pytest.raises(BackboneError, match="'ViT-Nope' is not an open_clip model"):
+        ClipBackbone("ViT-Nope")
+    with pytest.raises(BackboneError, match="backbone.pretrained=/path/to/open_clip_pytorch_model.bin"):
+        ClipBackbone("feclip-tiny", "no-such-tag")
+    with pytest.raises(BackboneError, match=r"block range \[2, 5\)"):
+        backbone.run_blocks(torch.zeros(1, 197, 64), 2, 5)
+    with pytest.raises(BackboneError, match="smaller than one"):
+        backbone.embed(torch.zeros(1, 3, 8, 224))
+
+
+def test_uncached_tag_fails_fast_offline_or_without_network(tmp_path):
+    """Fresh interpreters with an empty hub cache: HF_HUB_OFFLINE=1, then an unreachable hub (port 9 on
+    localhost refuses at once). Each gives a one-line error naming model, tag and the local-file option."""
+    code = (
+        "import os\n"
+        "from feclip.model.backbone import ClipBackbone\n"
+        "for offline in ('1', '0'):\n"
+        "    os.environ['HF_HUB_OFFLINE'] = offline\n"
+        "    try:\n"
+        "        ClipBackbone('ViT-B-16', 'openai')\n"
+        "    except ValueError as e:\n"
+        "        print(e)\n"
+    )
+    env = {
+        "HF_HOME": str(tmp_path / "hf"),
+        "HOME": str(tmp_path),
+        "HF_ENDPOINT": "https://127.0.0.1:9",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    offline, unreachable = done.stdout.strip().splitlines()
+    for message in (offline, unreachable):
+        assert "'ViT-B-16'" in message and "'openai'" in message
+        assert "backbone.pretrained=/path/to/open_clip_pytorch_model.bin" in message
+    assert "HF_HUB_OFFLINE=1" in offline
+    assert "127.0.0.1 cannot be reached" in unreachable

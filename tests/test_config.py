@@ -1,0 +1,88 @@
+"""Every config of every group composes and validates; bad values and typos fail before any work."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from feclip.config import ConfigError, validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+# a gate needs reference banks to choose between
+NEEDS = {"gating": ["fewshot=k1"]}
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={option}" for group in GROUPS for option in _options(group)]
+    + [f"experiment={option}" for option in _options("experiment")],
+)
+def test_every_option_composes_and_validates(override):
+    group = override.split("=")[0]
+    cfg = _compose([override, *NEEDS.get(group, [])])
+    OmegaConf.resolve(cfg)
+    if group == "predict" or cfg.mode == "predict":
+        cfg.model.checkpoint, cfg.predict.input = "ckpt", "inputs"
+    validate(cfg)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "slurm_example"])
+def test_launchers_compose(launcher):
+    cfg = _compose([f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_
+
+
+def test_freq_variants_inherit_the_dct_defaults():
+    cfg = _compose(["freq=dct_h5"])
+    assert list(cfg.freq.lfs.window) == [1, 5]
+    assert list(cfg.freq.ffe.window) == [3, 3] and cfg.freq.transform == "dct"
+
+
+def test_horizontal_preset_uses_horizontal_windows_and_context():
+    cfg = _compose(["experiment=hdmap_horizontal"])
+    assert list(cfg.freq.lfs.window) == [1, 5] and list(cfg.freq.ffe.window) == [1, 3]
+    assert cfg.fewshot.context == "multi_k" and cfg.fewshot.k > 0
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("freq.lfs.statistic=median", "freq.lfs.statistic"),
+        ("freq.transform=wavelet", "freq.transform"),
+        ("model.lam=1.5", "model.lam"),
+        ("model.taps=every", "model.taps"),
+        ("freq.lfs.window=[0,3]", "freq.lfs.window"),
+        ("device=tpu", "device"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("data.intensity=zscore", "data.intensity"),
+    ],
+)
+def test_invalid_values_name_the_key_and_the_allowed_values(override, key):
+    cfg = _compose([override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+        validate(cfg)
+    assert "expected" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_gate_without_banks_is_rejected():
+    with pytest.raises(ConfigError, match="fewshot.k"):
+        validate(_compose(["gating=p90"]))
+
+
+def test_typo_in_a_key_or_an_option_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="lamda"):
+        _compose(["model.lamda=0.2"])
+    with pytest.raises(ConfigCompositionException, match="fftt"):
+        _compose(["freq=fftt"])

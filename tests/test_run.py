@@ -1,0 +1,97 @@
+"""End to end: `run.py -m` sweeps on small synthetic HDMAP leave finished MLflow runs, metrics, artifacts
+and a report; bad input stops with one actionable line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from mlflow_server import mlflow_server  # noqa: F401
+
+from feclip.report import collect_runs, variant_domain_table
+
+ROOT = Path(__file__).resolve().parents[1]
+HDMAP_METRICS = (
+    "auroc", "ap", "auroc_cold", "auroc_warm", "auroc_cross", "auroc_cross2", "acc_oracle", "acc_oracle_cold",
+    "acc_oracle_warm", "acc_val", "acc_val_cold", "acc_val_warm", "f1_max", "tpr_at_fpr1",
+)
+ARTIFACTS = ("config.yaml", "scores.csv", "metrics.json", "figures", "checkpoint")
+
+
+def small_data(tmp: Path) -> list[str]:
+    """Overrides for a tiny synthetic HDMAP set, one short epoch, everything under `tmp`."""
+    return [
+        f"data.root={tmp / 'hdmap'}", "data.synthetic.n_train=40", "data.synthetic.n_test=40",
+        "train.epochs=1", f"cache_dir={tmp / 'cache'}",
+    ]
+
+
+def run_cli(args: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=tmp, env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"run.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def check_sweep(uri: str, experiment: str, n_children: int) -> None:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("feclip.parent") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == n_children
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.data.tags["feclip.random_init"] == "true"
+        assert set(HDMAP_METRICS) <= set(child.data.metrics), set(HDMAP_METRICS) - set(child.data.metrics)
+        assert "train_total" in child.data.metrics
+        logged = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert set(ARTIFACTS) <= logged, set(ARTIFACTS) - logged
+    table = variant_domain_table(collect_runs(uri, experiment), "auroc")
+    body = table.loc[[r for r in table.index if not r.startswith("anchor")], ["A", "C"]]
+    assert body.shape == (2, 2) and (body != "–").all().all()
+
+
+def test_sweep_two_domains_two_freqs_into_sqlite(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_cli(["-m", "domain=A,C", "freq=dct,fft", f"tracking.uri={uri}", "tracking.experiment=e2e",
+             f"hydra.sweep.dir={tmp_path / 'multirun'}", *small_data(tmp_path)], tmp_path)
+    check_sweep(uri, "e2e", 4)
+    job = next((tmp_path / "multirun").glob("*domain=C*freq=fft*"))
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert 0.0 <= metrics["auroc"] <= 1.0 and "pixel_auroc" in metrics  # synthetic data has masks
+    assert (job / "figures" / "anomaly_maps.png").stat().st_size > 0
+
+
+def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F811
+    run_cli(["-m", "domain=A,C", "freq=dct,fft", f"tracking.uri={mlflow_server.uri}",
+             "tracking.experiment=e2e_server", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+             *small_data(tmp_path)], tmp_path)
+    check_sweep(mlflow_server.uri, "e2e_server", 4)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["freq=fftt"], "fftt"),
+        (["model.lamda=0.1"], "lamda"),
+        (["domain=E"], "domain"),
+        (["data=hdmap", "data.root=/nonexistent/HDMAP"], "/nonexistent/HDMAP"),
+        (["tracking.uri=http://127.0.0.1:9"], "127.0.0.1:9"),
+    ],
+)
+def test_bad_input_is_one_actionable_line(tmp_path, args, expected):
+    result = run_cli([*args, *small_data(tmp_path)], tmp_path, check=False)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,370 @@
+"""feclip.tracking: URIs and their checks, Tracker runs, the Hydra sweep parent run, run names; on a tmp
+sqlite store, a real `mlflow server` and one real Hydra multirun."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow_server import free_port, mlflow_server  # noqa: F401 (fixture)
+from omegaconf import OmegaConf
+
+from feclip import tracking
+from feclip.tracking import JobInfo, MlflowSweepCallback, Tracker, TrackingError
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One sqlite store for the module (creating one costs ~1 s); tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+def _run(uri: str, run_id: str):
+    return MlflowClient(uri).get_run(run_id)
+
+
+# ---------------------------------------------------------------------------------------------- URIs
+
+
+def test_resolve_tracking_uri_env_default_and_relative_sqlite(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert (
+        tracking.resolve_tracking_uri("sqlite:///db/x.db?a=1", tmp_path)
+        == f"sqlite:///{tmp_path}/db/x.db?a=1"
+    )
+    assert tracking.resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert tracking.resolve_tracking_uri("http://host:5000", tmp_path) == "http://host:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert tracking.resolve_tracking_uri("http://host:5000", tmp_path) == f"sqlite:///{tmp_path}/env.db"
+
+
+@pytest.mark.parametrize(
+    ("uri", "fragment"),
+    [
+        ("file:///tmp/mlruns", "file store"),
+        ("./mlruns", "file store"),
+        ("ftp://host/x", "unsupported scheme 'ftp'"),
+        ("sqlite://", "in-memory"),
+    ],
+)
+def test_check_tracking_uri_rejects_bad_schemes(uri, fragment):
+    with pytest.raises(TrackingError, match=fragment):
+        tracking.check_tracking_uri(uri)
+
+
+def test_check_tracking_uri_sqlite_paths(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a database\n" * 100)
+    with pytest.raises(TrackingError, match="cannot be created: .*a_file is not a writable folder"):
+        tracking.check_tracking_uri(f"sqlite:///{blocker}/sub/mlflow.db")
+    with pytest.raises(TrackingError, match="is not a sqlite database"):
+        tracking.check_tracking_uri(f"sqlite:///{blocker}")
+    tracking.check_tracking_uri(f"sqlite:///{tmp_path}/new/folder/mlflow.db")  # mlflow creates the folders
+    assert not (tmp_path / "new").exists()  # ... but the check does not
+
+
+def test_unreachable_server_is_one_line_error_naming_uri(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    uri = f"http://127.0.0.1:{free_port()}"  # bound once, then closed: nothing listens
+    with pytest.raises(TrackingError) as caught:
+        tracking.check_tracking_uri(uri)
+    message = str(caught.value)
+    assert uri in message and "Connection refused" in message and "MLFLOW_TRACKING_URI" in message
+    assert "\n" not in message
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"  # the fast settings were temporary
+
+
+def test_check_makes_a_single_request_attempt():
+    """No retry loop (mlflow's default: 7 retries with backoff, minutes): a server that drops every
+    connection sees exactly one."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    attempts = []
+
+    def drop_connections():
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            attempts.append(1)
+            connection.close()
+
+    stop = threading.Event()
+    thread = threading.Thread(target=drop_connections)
+    thread.start()
+    try:
+        with pytest.raises(TrackingError, match="is not usable"):
+            tracking.check_tracking_uri(f"http://127.0.0.1:{server.getsockname()[1]}")
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert len(attempts) == 1
+
+
+# -------------------------------------------------------------------------------------------- Tracker
+
+
+def test_flatten_config():
+    flat = tracking.flatten_config({"a": {"b": 1, "c": [3, {"d": "x"}]}, "e": [], "f": None})
+    assert flat == {"a.b": 1, "a.c.0": 3, "a.c.1.d": "x", "e": [], "f": None}
+
+
+def test_tracker_logs_params_metrics_and_artifacts(store, tmp_path):
+    (tmp_path / "out" / "figures").mkdir(parents=True)
+    (tmp_path / "out" / "metrics.json").write_text("{}")
+    (tmp_path / "out" / "figures" / "roc.png").write_bytes(b"png")
+    params = {"model": {"lam": 0.1, "taps": [2, 5]}, "prompt": "x" * 7000, **{f"k{i}": i for i in range(150)}}
+    with Tracker(store, "t_logs", "C-dct", {"domain": "C"}) as tracker:
+        tracker.log_params(params)
+        tracker.log_metrics({"auroc": 0.9, "auroc_cold": float("nan"), "n": 3})
+        tracker.log_metrics({"train_loss": 2.0}, step=1)
+        tracker.log_metrics({"train_loss": 1.0}, step=2)
+        tracker.log_artifacts(tmp_path / "out")
+        tracker.log_artifact(tmp_path / "out" / "metrics.json", "extra")
+    run = _run(store, tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "C-dct"
+    assert run.data.params["model.lam"] == "0.1" and run.data.params["model.taps.1"] == "5"
+    assert len(run.data.params) == 4 + 150
+    assert len(run.data.params["prompt"]) == 6000 and run.data.params["prompt"].endswith("...[truncated]")
+    assert run.data.metrics == {"auroc": 0.9, "n": 3.0, "train_loss": 1.0}
+    assert run.data.tags["feclip.nonfinite_metrics"] == "auroc_cold"
+    assert run.data.tags["domain"] == "C"
+    history = MlflowClient(store).get_metric_history(tracker.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
+    client = MlflowClient(store)
+    assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"extra", "figures", "metrics.json"}
+    assert [a.path for a in client.list_artifacts(tracker.run_id, "figures")] == ["figures/roc.png"]
+
+
+def test_failing_body_ends_run_failed_with_reason(store):
+    with pytest.raises(RuntimeError, match="boom"):
+        with Tracker(store, "t_fail", "bad") as tracker:
+            tracker.log_metrics({"auroc": 0.5})
+            raise RuntimeError("boom")
+    run = _run(store, tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "RuntimeError: boom"
+    assert [a.path for a in MlflowClient(store).list_artifacts(tracker.run_id)] == ["traceback.txt"]
+
+
+def test_disabled_tracker_touches_nothing(tmp_path):
+    with Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x", "r", enabled=False) as tracker:
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"m": 1.0})
+        tracker.log_artifacts(tmp_path)
+        tracker.log_artifact(tmp_path / "missing.txt")
+        tracker.set_tags({"t": 1})
+    assert tracker.run_id is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tracker_rejects_use_outside_with_and_non_numeric_metrics(store):
+    with pytest.raises(TrackingError, match="open run"):
+        Tracker(store, "t_misuse", "r").log_metrics({"m": 1.0})
+    with pytest.raises(TrackingError, match="metric 'm' has non-numeric value 'high'"):
+        with Tracker(store, "t_misuse", "r") as tracker:
+            tracker.log_metrics({"m": "high"})
+
+
+# ------------------------------------------------------------------------------------ Hydra multirun
+
+
+def _sweep_config(store: str, cwd: Path, experiment: str, enabled: bool = True):
+    return OmegaConf.create(
+        {
+            "tracking": {"uri": store, "experiment": experiment, "enabled": enabled},
+            "hydra": {
+                "sweep": {"dir": "multirun/2025-01-01/12-00-00"},
+                "runtime": {"cwd": str(cwd)},
+                "overrides": {"task": ["freq=dct,fft"]},
+            },
+        }
+    )
+
+
+def _children(store: str, parent_id: str):
+    parent = _run(store, parent_id)
+    found = MlflowClient(store).search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    return {run.info.run_name: run for run in found}
+
+
+def _job(store: str, experiment: str, sweep_dir: Path, name: str, fail: bool = False) -> None:
+    parent = tracking.parent_run_id_for_sweep(sweep_dir)
+    with Tracker(store, experiment, name, {"domain": name}, parent_run_id=parent):
+        if fail:
+            raise ValueError("job failed")
+
+
+def test_sweep_callback_parent_run_children_and_end(store, tmp_path):
+    config = _sweep_config(store, tmp_path, "sweep_ok")
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    sweep_dir = tmp_path / "multirun/2025-01-01/12-00-00"
+    record = json.loads((sweep_dir / "mlflow_parent.json").read_text())
+    parent = _run(store, record["run_id"])
+    assert parent.info.status == "RUNNING" and parent.info.run_name == "sweep 2025-01-01/12-00-00"
+    assert parent.data.tags["feclip.parent"] == "true"
+    assert parent.data.tags["sweep_id"] == "2025-01-01/12-00-00"
+    for name in ("A", "B"):
+        _job(store, "sweep_ok", sweep_dir, name)
+    callback.on_multirun_end(config)
+    children = _children(store, record["run_id"])
+    assert sorted(children) == ["A", "B"]
+    assert all(child.data.tags["sweep_id"] == "2025-01-01/12-00-00" for child in children.values())
+    parent = _run(store, record["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["feclip.children_finished"] == "2"
+    assert callback._exit_hook is None  # the abort hook was unregistered
+
+
+def test_sweep_parent_fails_when_a_child_failed(store, tmp_path):
+    config = _sweep_config(store, tmp_path, "sweep_child_failed")
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    sweep_dir = tmp_path / "multirun/2025-01-01/12-00-00"
+    _job(store, "sweep_child_failed", sweep_dir, "A")
+    with pytest.raises(ValueError, match="job failed"):
+        _job(store, "sweep_child_failed", sweep_dir, "B", fail=True)
+    callback.on_multirun_end(config)
+    parent = _run(store, tracking.parent_run_id_for_sweep(sweep_dir))
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags["feclip.children_finished"], parent.data.tags["feclip.children_other"]) == (
+        "1",
+        "1",
+    )
+
+
+def test_sweep_disabled_writes_nothing(store, tmp_path):
+    MlflowSweepCallback().on_multirun_start(_sweep_config(store, tmp_path, "sweep_off", enabled=False))
+    assert not (tmp_path / "multirun").exists()
+    assert tracking.parent_run_id_for_sweep(tmp_path / "multirun/2025-01-01/12-00-00") is None
+
+
+def test_parent_record_must_be_json(tmp_path):
+    (tmp_path / "mlflow_parent.json").write_text("not json")
+    with pytest.raises(TrackingError, match="mlflow_parent.json is not a parent-run record"):
+        tracking.parent_run_id_for_sweep(tmp_path)
+
+
+HYDRA_APP = """
+import hydra
+from feclip.tracking import JobInfo, Tracker, resolve_tracking_uri
+
+@hydra.main(version_base="1.3", config_path=".", config_name="config")
+def main(cfg):
+    job = JobInfo.from_hydra()
+    with Tracker(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, job.run_name,
+                 {"variant": job.variant}, parent_run_id=job.parent_run_id):
+        if cfg.lam == 0.5:
+            raise RuntimeError("bad lam")
+
+main()
+"""
+HYDRA_CONFIG = """
+lam: 0.1
+domain: C
+tracking: {uri: "sqlite:///mlflow.db", experiment: hydra_sweep, enabled: true}
+hydra:
+  job: {chdir: true}
+  sweep: {dir: "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}", subdir: "${hydra.job.num}"}
+  callbacks: {mlflow_sweep: {_target_: feclip.tracking.MlflowSweepCallback}}
+"""
+
+
+def test_real_hydra_multirun_nests_jobs_and_fails_parent_on_abort(tmp_path):
+    """Basic launcher, cwd changed per job (chdir): job 0 succeeds, job 1 raises -> Hydra aborts the sweep
+    without on_multirun_end -> the exit hook ends the parent FAILED."""
+    (tmp_path / "app.py").write_text(HYDRA_APP)
+    (tmp_path / "config.yaml").write_text(textwrap.dedent(HYDRA_CONFIG))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "app.py", "-m", "lam=0.1,0.5"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "bad lam" in done.stderr
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    (record,) = tmp_path.glob("multirun/*/*/mlflow_parent.json")
+    parent_id = json.loads(record.read_text())["run_id"]
+    children = _children(uri, parent_id)
+    assert {name: run.info.status for name, run in children.items()} == {
+        "lam=0.1": "FINISHED",
+        "lam=0.5": "FAILED",
+    }
+    assert children["lam=0.1"].data.tags["variant"] == "lam=0.1"
+    parent = _run(uri, parent_id)
+    assert parent.info.status == "FAILED" and "without on_multirun_end" in parent.data.tags["failure_reason"]
+
+
+# ------------------------------------------------------------------------------------- names, job info
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name", "variant"),
+    [
+        (["domain=C", "freq=dct", "gating=none"], "C-dct-none", "dct-none"),
+        (["gating=none", "freq=dct", "domain=C"], "C-dct-none", "dct-none"),
+        ([], "default", "default"),
+        (
+            ["seed=2", "model.lam=0.5", "domain=A", "tracking.uri=x", "hydra/launcher=joblib"],
+            "A-lam=0.5-seed=2",
+            "lam=0.5",
+        ),
+        (["data.root=/data/hdmap/", "+fewshot=k4"], "root=hdmap-k4", "root=hdmap-k4"),
+    ],
+)
+def test_run_name_and_variant_from_overrides(overrides, name, variant):
+    assert tracking.run_name_from_overrides(overrides) == name
+    assert tracking.variant_from_overrides(overrides) == variant
+
+
+def test_long_run_names_are_shortened_stably():
+    overrides = [f"model.option_{i}=value_{i}" for i in range(20)]
+    name = tracking.run_name_from_overrides(overrides)
+    assert len(name) == 80 and name == tracking.run_name_from_overrides(list(reversed(overrides)))
+
+
+def test_job_info_from_hydra_node(tmp_path):
+    sweep_dir = tmp_path / "multirun/d/t"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "mlflow_parent.json").write_text(json.dumps({"run_id": "abc"}))
+    hydra_node = OmegaConf.create(
+        {
+            "mode": "MULTIRUN",
+            "sweep": {"dir": "multirun/d/t"},
+            "runtime": {
+                "cwd": str(tmp_path),
+                "choices": {"domain": "B", "freq": "fft", "hydra/launcher": "basic"},
+            },
+            "overrides": {"task": ["freq=fft"]},
+        }
+    )
+    job = JobInfo.from_hydra(hydra_node)
+    assert (job.run_name, job.variant, job.parent_run_id) == ("B-fft", "fft", "abc")
+    assert job.choices["freq"] == "fft"
+    hydra_node.mode = "RUN"
+    assert JobInfo.from_hydra(hydra_node).parent_run_id is None
+
+
+# --------------------------------------------------------------------------------------- real server
+
+
+def test_tracker_over_http_with_real_server(mlflow_server, tmp_path):  # noqa: F811 (fixture)
+    tracking.check_tracking_uri(mlflow_server.uri)
+    (tmp_path / "scores.csv").write_text("score\n0.5\n")
+    with Tracker(mlflow_server.uri, "http_exp", "C-dct", {"domain": "C"}) as tracker:
+        tracker.log_params({"model": {"lam": 0.1}})
+        tracker.log_metrics({"auroc": 0.75})
+        tracker.log_artifacts(tmp_path)
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "C-dct"
+    assert run.data.params == {"model.lam": "0.1"} and run.data.metrics == {"auroc": 0.75}
+    assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["scores.csv"]
