@@ -9,14 +9,16 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from feclip.runner import FECLIP_ERRORS, main
+from feclip.runner import is_user_error, main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def entry(cfg: DictConfig) -> float | None:
     try:
         return main(cfg)
-    except FECLIP_ERRORS as error:
+    except Exception as error:
+        if not is_user_error(error):
+            raise
         print(f"feclip: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

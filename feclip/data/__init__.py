@@ -1,0 +1,1 @@
+"""HDMAP and benchmark data: loading, synthetic generation, fault injection, model-input transforms."""

@@ -1,0 +1,335 @@
+"""HDMAP image statistics and the measured targets of ../shared/docs/hdmap.md section 6.
+
+The metric functions follow section 6.7 (population std, NumPy linear percentiles over all pixels of the
+native image, band energy / APE / SFM definitions) so the synthetic generator is compared with the real data
+the way the mirror measured it. Used by tests/data/test_synthetic.py and scripts/synthetic_stats.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+# 2.1 pooled pixel statistics: (domain, part) -> mean, std, median, Q25, Q75, min, max
+POOLED_COLUMNS = ("mean", "std", "median", "q25", "q75", "min", "max")
+POOLED_TARGETS = {
+    ("A", "train"): (0.2476, 0.0841, 0.2332, 0.1893, 0.2885, 0.0464, 1.0000),
+    ("A", "test good"): (0.2174, 0.0979, 0.1959, 0.1429, 0.2715, 0.0416, 1.0864),
+    ("A", "test fault"): (0.2280, 0.0884, 0.2121, 0.1636, 0.2748, 0.0446, 1.2680),
+    ("B", "train"): (0.2525, 0.0840, 0.2395, 0.1919, 0.2996, 0.0373, 1.0000),
+    ("B", "test good"): (0.2233, 0.0974, 0.2043, 0.1489, 0.2777, 0.0368, 0.9304),
+    ("B", "test fault"): (0.1903, 0.0804, 0.1749, 0.1299, 0.2348, 0.0368, 0.9447),
+    ("C", "train"): (0.2461, 0.0718, 0.2342, 0.1954, 0.2833, 0.0746, 1.0000),
+    ("C", "test good"): (0.2279, 0.0748, 0.2134, 0.1739, 0.2661, 0.0729, 1.0877),
+    ("C", "test fault"): (0.2629, 0.0964, 0.2448, 0.1964, 0.3090, 0.0755, 2.9388),
+    ("D", "train"): (0.2184, 0.0817, 0.2042, 0.1600, 0.2610, 0.0323, 1.0000),
+    ("D", "test good"): (0.1966, 0.0860, 0.1788, 0.1336, 0.2413, 0.0339, 0.8983),
+    ("D", "test fault"): (0.1808, 0.0764, 0.1658, 0.1285, 0.2159, 0.0317, 1.4818),
+}
+POOLED_TOLERANCE = {"mean": 0.04, "median": 0.04, "q25": 0.04, "q75": 0.04, "std": 0.08}  # relative
+FILES_ABOVE_ONE = {"C": (514, 40), "B": (0, 5), "A+D": (602, 120)}  # 6.1: target, tolerance (B: at most 5)
+P90_GATE_THRESHOLDS = {"A": 0.2985, "B": 0.3128, "C": 0.3089, "D": 0.2919}  # 6.4, tolerance ±0.02
+MEAN_GATE_ACCURACY = {"A": 100.0, "B": 100.0, "C": 97.4, "D": 99.9}  # 6.4, %, tolerance ±1.5 pp
+C_AUROC_TARGETS = {  # 6.5: feature -> (cold, warm), fault positive, tolerance ±0.05
+    "mean": (0.869, 0.953),
+    "std": (0.819, 0.999),
+    "max": (0.760, 1.000),
+    "p5": (0.853, 0.884),
+    "p95": (0.840, 0.963),
+    "min": (0.672, 0.741),
+}
+COLD_FAULT_MAX_SHARES = {"A": (0.7522, 28.0, 0.0), "C": (0.6787, 22.6, 10.0), "D": (0.6741, 17.0, 0.2)}
+# ^ 6.5: domain -> (max threshold, % cold faults above, % cold normals above); reported only
+BAND_ENERGY_NORMAL = {  # 6.6 radial bands very_low .. very_high, % of energy, normal = train + test good
+    "A": (93.96, 1.31, 1.20, 1.29, 2.23),
+    "B": (93.55, 1.47, 1.18, 1.60, 2.19),
+    "C": (95.11, 0.66, 0.71, 0.83, 2.70),
+    "D": (92.03, 1.03, 1.19, 1.50, 4.26),
+}
+BAND_ENERGY_FAULT_DELTA_VERY_LOW = {"A": -0.31, "B": -0.04, "C": -1.35, "D": -0.48}  # pp
+APE_TARGETS = {
+    "A": (0.777, 0.850),
+    "B": (0.713, 0.855),
+    "C": (0.866, 0.889),
+    "D": (0.816, 0.887),
+}  # normal, fault
+SFM_TARGETS = {"A": (0.201, 0.215), "B": (0.249, 0.224), "C": (0.183, 0.204), "D": (0.240, 0.221)}
+C_ROW_CONTRAST = 1.32  # C fault/cold row mean ÷ paired good/cold row mean, tolerance 1.15-1.45
+
+
+def image_stats(images: np.ndarray) -> pd.DataFrame:
+    """Per-image mean, std (population), min, max, p5, p90, p95 of images (N, H, W); one row per image."""
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    p5, p90, p95 = np.percentile(flat, [5, 90, 95], axis=1)
+    return pd.DataFrame(
+        {
+            "mean": flat.mean(1),
+            "std": flat.std(1),
+            "min": flat.min(1),
+            "max": flat.max(1),
+            "p5": p5,
+            "p90": p90,
+            "p95": p95,
+        }  # fmt: skip
+    )
+
+
+def pooled_stats(images: np.ndarray) -> dict[str, float]:
+    """Pixel statistics pooled over all images (N, H, W): the POOLED_COLUMNS."""
+    flat = np.asarray(images, dtype=np.float64).ravel()
+    q25, median, q75 = np.percentile(flat, [25, 50, 75])
+    values = (flat.mean(), flat.std(), median, q25, q75, flat.min(), flat.max())
+    return dict(zip(POOLED_COLUMNS, map(float, values), strict=True))
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(positive score > negative score), ties counted half (Mann-Whitney U / (n·m))."""
+    ranks = rankdata(np.concatenate([positive, negative]))
+    n, m = len(positive), len(negative)
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
+
+
+def best_threshold_accuracy(values: np.ndarray, warm: np.ndarray) -> tuple[float, float]:
+    """(accuracy %, threshold): the best single-threshold cold/warm gate, cold = value <= threshold.
+
+    Like the mirror, the lowest threshold (an observed value) that reaches the best accuracy."""
+    order = np.argsort(values, kind="stable")
+    sorted_values, sorted_warm = np.asarray(values)[order], np.asarray(warm, dtype=bool)[order]
+    cold_below = np.cumsum(~sorted_warm)  # cold images <= threshold at each cut
+    warm_above = sorted_warm.sum() - np.cumsum(sorted_warm)
+    last = np.r_[sorted_values[1:] != sorted_values[:-1], True]  # cut only after the last of equal values
+    correct = np.where(last, cold_below + warm_above, -1)
+    best = int(np.argmax(correct))
+    return 100.0 * correct[best] / len(values), float(sorted_values[best])
+
+
+def midpoint_gate(p90: np.ndarray, warm: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """The p90 midpoint gate (2.3): thr = (max good/cold p90 + min good/warm p90) / 2 from the normals only,
+    cold = p90 < thr. Returns thr and accuracies (%) per group gc, gw, fc, fw and overall."""
+    warm, label = np.asarray(warm, dtype=bool), np.asarray(label)
+    thr = (p90[~warm & (label == 0)].max() + p90[warm & (label == 0)].min()) / 2
+    correct = (p90 >= thr) == warm
+    groups = {"gc": (0, False), "gw": (0, True), "fc": (1, False), "fw": (1, True)}
+    result = {name: 100.0 * correct[(label == lab) & (warm == w)].mean() for name, (lab, w) in groups.items()}
+    return {"thr": float(thr), **result, "overall": 100.0 * correct.mean()}
+
+
+def _shifted_power(images: np.ndarray, hann: bool) -> np.ndarray:
+    """|fftshift(fft2(.))|² per image (N, H, W); APE/SFM preprocessing subtracts the mean and applies Hann."""
+    x = np.asarray(images, dtype=np.float64)
+    if hann:
+        x = (x - x.mean(axis=(1, 2), keepdims=True)) * np.outer(
+            np.hanning(x.shape[1]), np.hanning(x.shape[2])
+        )
+    return np.abs(np.fft.fftshift(np.fft.fft2(x), axes=(1, 2))) ** 2
+
+
+def band_energy(images: np.ndarray) -> np.ndarray:
+    """(N, 5) % of |F|² (DC included) in the radial bands [0, .1), [.1, .2), [.2, .3), [.3, .4), >= .4
+    cycles/px of the fftfreq grid."""
+    power = _shifted_power(images, hann=False)
+    fy, fx = (np.fft.fftshift(np.fft.fftfreq(n)) for n in images.shape[1:])
+    band = np.minimum((np.hypot(fy[:, None], fx[None, :]) / 0.1).astype(int), 4)
+    shares = np.stack([power[:, band == k].sum(1) for k in range(5)], axis=1)
+    return 100.0 * shares / power.sum(axis=(1, 2))[:, None]
+
+
+def angular_power_entropy(images: np.ndarray, n_bins: int = 36) -> np.ndarray:
+    """(N,) APE: entropy of the Hann-windowed power in 36 angle bins (radius 5-95 % of max), ÷ ln 36."""
+    power = _shifted_power(images, hann=True)
+    h, w = images.shape[1:]
+    dy, dx = np.meshgrid(np.arange(h) - (h - 1) / 2, np.arange(w) - (w - 1) / 2, indexing="ij")
+    radius = np.hypot(dy, dx)
+    keep = (radius >= 0.05 * radius.max()) & (radius <= 0.95 * radius.max())
+    angle_bin = np.minimum(
+        (np.mod(np.arctan2(dy, dx), 2 * np.pi) / (2 * np.pi) * n_bins).astype(int), n_bins - 1
+    )
+    one_hot = (angle_bin[keep][:, None] == np.arange(n_bins)[None, :]).astype(np.float64)
+    bins = power[:, keep] @ one_hot  # (N, n_bins)
+    p = bins / bins.sum(axis=1, keepdims=True)
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1) / np.log(n_bins)
+
+
+def spectral_flatness(images: np.ndarray) -> np.ndarray:
+    """(N,) SFM: geometric ÷ arithmetic mean of the Hann-windowed power over all bins (floor 1e-12)."""
+    power = np.maximum(_shifted_power(images, hann=True).reshape(len(images), -1), 1e-12)
+    return np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
+
+
+def row_contrast(faults: np.ndarray, goods: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(N,) fault-row mean of each fault image (N, H, W) ÷ the same row's mean in the paired good image."""
+    index = np.arange(len(faults))
+    return faults[index, rows].mean(axis=1) / goods[index, rows].mean(axis=1)
+
+
+# ---------------------------------------------------------------- section-6 tables of one or several domains
+# Each domain is given as (images (N, H, W), meta); meta has columns split, label, condition (load_domain
+# order) and, for c_row_contrast, file_index and fault_row (the synthetic sidecar).
+
+BAND_NAMES = ("very_low", "low", "mid", "high", "very_high")
+GROUPS = {
+    "good/cold": (0, "cold"),
+    "good/warm": (0, "warm"),
+    "fault/cold": (1, "cold"),
+    "fault/warm": (1, "warm"),
+}
+C_IMAGE_STATS = ("mean", "std", "p5", "p95", "min", "max")
+
+
+def _test_group(meta: pd.DataFrame, group: str) -> np.ndarray:
+    label, condition = GROUPS[group]
+    return (
+        (meta["split"] == "test") & (meta["label"] == label) & (meta["condition"] == condition)
+    ).to_numpy()
+
+
+def _part(meta: pd.DataFrame, part: str) -> np.ndarray:
+    if part == "train":
+        return (meta["split"] == "train").to_numpy()
+    return ((meta["split"] == "test") & (meta["label"] == int(part == "test fault"))).to_numpy()
+
+
+def files_above_one(domains: dict) -> dict[str, int]:
+    """6.1: number of files with max > 1 per domain, plus 'A+D'."""
+    counts = {
+        name: int((images.reshape(len(images), -1).max(1) > 1).sum()) for name, (images, _) in domains.items()
+    }
+    if "A" in counts and "D" in counts:
+        counts["A+D"] = counts["A"] + counts["D"]
+    return counts
+
+
+def c_image_table(images: np.ndarray, meta: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
+    """6.2: per-image statistics of domain C by group (mean and sd across images), synthetic vs the real CSV
+    (columns mean, std, min, max, p5, p95, label good/fault, condition).
+    ok_mean: |Δmean| <= 0.5·target sd; ok_sd: sd within ±40 %."""
+    stats, rows = image_stats(images), []
+    for group, (label, condition) in GROUPS.items():
+        real_group = real[
+            (real["label"] == ("fault" if label else "good")) & (real["condition"] == condition)
+        ]
+        synth_group = stats[_test_group(meta, group)]
+        for stat in C_IMAGE_STATS:
+            target, synth = real_group[stat].to_numpy(), synth_group[stat].to_numpy()
+            rows.append(
+                {
+                    "group": group,
+                    "stat": stat,
+                    "target": target.mean(),
+                    "target_sd": target.std(ddof=1),
+                    "synth": synth.mean(),
+                    "synth_sd": synth.std(ddof=1),
+                }
+            )
+    table = pd.DataFrame(rows)
+    table["ok_mean"] = (table["synth"] - table["target"]).abs() <= 0.5 * table["target_sd"]
+    table["ok_sd"] = (table["synth_sd"] / table["target_sd"] - 1).abs() <= 0.4
+    return table
+
+
+def pooled_table(domains: dict) -> pd.DataFrame:
+    """6.3: pooled pixel statistics per domain and part vs 2.1; rel = synth / target - 1; ok: in tolerance."""
+    rows = []
+    for name, (images, meta) in domains.items():
+        for part in ("train", "test good", "test fault"):
+            synth = pooled_stats(images[_part(meta, part)])
+            for stat, target in zip(POOLED_COLUMNS, POOLED_TARGETS[(name, part)], strict=True):
+                rows.append(
+                    {"domain": name, "part": part, "stat": stat, "target": target, "synth": synth[stat]}
+                )
+    table = pd.DataFrame(rows)
+    table["rel"] = table["synth"] / table["target"] - 1
+    tolerance = table["stat"].map(POOLED_TOLERANCE)
+    table["ok"] = np.where(tolerance.isna(), True, table["rel"].abs() <= tolerance.fillna(np.inf))
+    return table
+
+
+def gate_table(domains: dict) -> pd.DataFrame:
+    """6.4: p90 midpoint gate (threshold, accuracies per group, overall) and the best per-image-mean gate."""
+    rows = []
+    for name, (images, meta) in domains.items():
+        test = (meta["split"] == "test").to_numpy()
+        stats, test_meta = image_stats(images[test]), meta[test]
+        warm, label = (test_meta["condition"] == "warm").to_numpy(), test_meta["label"].to_numpy()
+        gate = midpoint_gate(stats["p90"].to_numpy(), warm, label)
+        mean_acc, _ = best_threshold_accuracy(stats["mean"].to_numpy(), warm)
+        rows.append({"domain": name, **gate, "thr_target": P90_GATE_THRESHOLDS[name], "mean_gate": mean_acc,
+                     "mean_gate_target": MEAN_GATE_ACCURACY[name]})  # fmt: skip
+    return pd.DataFrame(rows).set_index("domain")
+
+
+def group_means(images: np.ndarray, meta: pd.DataFrame) -> dict[str, float]:
+    """Mean of the per-image means of each test group (6.4: C ordering gc < fc < gw < fw)."""
+    return {group: float(images[_test_group(meta, group)].mean()) for group in GROUPS}
+
+
+def auroc_table(images: np.ndarray, meta: pd.DataFrame) -> pd.DataFrame:
+    """6.5: AUROC (fault positive) of simple per-image features within each condition, with C's targets."""
+    stats, rows = image_stats(images), []
+    for feature, (cold_target, warm_target) in C_AUROC_TARGETS.items():
+        row = {"feature": feature, "cold_target": cold_target, "warm_target": warm_target}
+        for condition in ("cold", "warm"):
+            fault, good = (stats[feature][_test_group(meta, f"{c}/{condition}")] for c in ("fault", "good"))
+            row[condition] = auroc(fault.to_numpy(), good.to_numpy())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("feature")
+
+
+def cold_max_shares(domains: dict) -> pd.DataFrame:
+    """6.5: % of cold faults and cold normals whose max exceeds the real gate threshold (A, C, D)."""
+    rows = []
+    for name, (thr, fault_target, good_target) in COLD_FAULT_MAX_SHARES.items():
+        if name not in domains:
+            continue
+        images, meta = domains[name]
+        maxima = images.reshape(len(images), -1).max(axis=1)
+        fault, good = (maxima[_test_group(meta, group)] for group in ("fault/cold", "good/cold"))
+        rows.append(
+            {
+                "domain": name,
+                "thr": thr,
+                "fault_above": 100 * (fault > thr).mean(),
+                "fault_target": fault_target,
+                "good_above": 100 * (good > thr).mean(),
+                "good_target": good_target,
+            }
+        )
+    return pd.DataFrame(rows).set_index("domain")
+
+
+def soft_table(domains: dict) -> pd.DataFrame:
+    """6.6 soft targets, one row per (domain, metric): synth, target and whether the 6.6 tolerance holds
+    (band energy of normals = train + test good: very_low ±0.5 pp, other bands ±50 %; fault - normal very_low:
+    same sign; APE normal ±0.02, fault ±0.03; SFM normal ±0.04; SFM fault reported only, ok = None)."""
+    rows = []
+    for name, (images, meta) in domains.items():
+        fault = _part(meta, "test fault")
+        normal_bands, fault_bands = band_energy(images[~fault]).mean(0), band_energy(images[fault]).mean(0)
+        ape, sfm = angular_power_entropy(images), spectral_flatness(images)
+        for k, (synth, target) in enumerate(zip(normal_bands, BAND_ENERGY_NORMAL[name], strict=True)):
+            ok = abs(synth - target) <= 0.5 if k == 0 else abs(synth / target - 1) <= 0.5
+            rows.append((name, f"band {BAND_NAMES[k]} normal %", synth, target, ok))
+        delta, delta_target = fault_bands[0] - normal_bands[0], BAND_ENERGY_FAULT_DELTA_VERY_LOW[name]
+        rows.append((name, "band very_low fault - normal pp", delta, delta_target, delta * delta_target > 0))
+        for part, select, tolerance in (("normal", ~fault, 0.02), ("fault", fault, 0.03)):
+            synth, target = ape[select].mean(), APE_TARGETS[name][part == "fault"]
+            rows.append((name, f"APE {part}", synth, target, abs(synth - target) <= tolerance))
+        higher = bool(ape[fault].mean() > ape[~fault].mean())
+        rows.append((name, "APE fault > normal", float(higher), 1.0, higher))
+        normal_sfm, fault_sfm = sfm[~fault].mean(), sfm[fault].mean()
+        sfm_ok = abs(normal_sfm - SFM_TARGETS[name][0]) <= 0.04
+        rows.append((name, "SFM normal", normal_sfm, SFM_TARGETS[name][0], sfm_ok))
+        rows.append((name, "SFM fault", fault_sfm, SFM_TARGETS[name][1], None))
+    return pd.DataFrame(rows, columns=["domain", "metric", "synth", "target", "ok"])
+
+
+def c_row_contrast(images: np.ndarray, meta: pd.DataFrame) -> float:
+    """6.6: median row contrast of C fault/cold vs the good/cold image of the same file index."""
+    faults, goods = _test_group(meta, "fault/cold"), _test_group(meta, "good/cold")
+    if (meta["file_index"][faults].to_numpy() != meta["file_index"][goods].to_numpy()).any():
+        raise ValueError(
+            "c_row_contrast: fault/cold and good/cold file indices differ; expected paired files"
+        )
+    rows = meta["fault_row"][faults].to_numpy()
+    return float(np.median(row_contrast(images[faults], images[goods], rows)))
