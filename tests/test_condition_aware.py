@@ -1,0 +1,35 @@
+"""Condition-aware FE-CLIP end to end: gates x reference-bank sizes as one sweep on synthetic HDMAP."""
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from test_run import run_cli, small_data
+
+GATE_GROUPS = ("gate_acc_good_cold", "gate_acc_good_warm", "gate_acc_fault_cold", "gate_acc_fault_warm")
+
+
+def test_gating_and_bank_size_sweep(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_cli(["-m", "domain=C", "gating=none,oracle,p90,soft", "fewshot.k=1,4", "fewshot.context=multi_k",
+             f"tracking.uri={uri}", "tracking.experiment=ca", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+             "eval.figures=false", *small_data(tmp_path)], tmp_path)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ca").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    for run in children:
+        gate, k = run.data.params["gating.name"], int(run.data.params["fewshot.k"])
+        metrics = run.data.metrics
+        assert metrics["n_references_excluded"] == 2 * k
+        assert ("gate_acc" in metrics) == (gate != "none")
+        if gate == "oracle":
+            assert metrics["gate_acc"] == 1.0 and all(metrics[g] == 1.0 for g in GATE_GROUPS)
+        if gate != "none":
+            assert 0.0 <= metrics["gate_acc"] <= 1.0 and all(g in metrics for g in GATE_GROUPS)
+    for job in (tmp_path / "multirun").glob("*/scores.csv"):
+        scores = pd.read_csv(job)
+        k = int(next(line.split(":")[1] for line in (job.parent / "config.yaml").read_text().splitlines()
+                     if line.startswith("  k:")))
+        assert len(scores) == 80 - 2 * k  # references taken from test/good are not scored
+        good = scores[scores["label"] == 0]["file_index"]
+        assert good.min() >= k and good.max() <= 39 - k
+        assert "gate" in scores
