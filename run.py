@@ -1,7 +1,7 @@
 """feclip entry point: compose the Hydra config (conf/) and run one job.
 
-    python run.py                                   # one job on the embedded default
-    python run.py -m domain=A,B,C,D freq=dct,fft    # a sweep: one MLflow run per job under one parent run
+python run.py                                   # one job on the embedded default
+python run.py -m domain=A,B,C,D freq=dct,fft    # a sweep: one MLflow run per job under one parent run
 """
 
 import sys

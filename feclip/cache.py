@@ -2,9 +2,9 @@
 
 The backbone is frozen and no augmentation is used, so the tokens entering the first tap block depend only on
 (backbone weights, first tap, input transform, images). Training and evaluation then run only the blocks from
-the first tap on. Modes: `off` (full forward every step), `memory` (computed once per run), `disk` (stored under
-`cache_dir` keyed by a hash of those inputs, memory-mapped, shared by the jobs of a sweep; a changed input gives
-a new key).
+the first tap on. Modes: `off` (full forward every step), `memory` (computed once per run), `disk` (stored
+under `cache_dir` keyed by a hash of those inputs, memory-mapped, shared by the jobs of a sweep; a changed
+input gives a new key).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def _summary(values: np.ndarray, percentiles: list[float]) -> dict[str, float]:
 def fit(
     statistics: dict[str, np.ndarray], percentiles: list[float], operating_point: str, context: dict[str, Any]
 ) -> dict[str, Any]:
-    """Record from per-image `statistics` of normal images ({'score': (N,), 'map_max': (N,), 'map_topk': (N,)})."""
+    """Record from per-image statistics of normal images: {'score', 'map_max', 'map_topk'} -> (N,) each."""
     if operating_point not in {f"p{p:g}" for p in percentiles}:
         raise CalibrationError(
             f"operating point {operating_point!r} is not among the percentiles {percentiles}"

@@ -1,9 +1,9 @@
 """Condition-aware FE-CLIP scoring: few-shot reference banks chosen per image by a cold/warm gate.
 
 Wires `feclip.fewshot` (reference selection, banks, horizontal context) and `feclip.gating` (gates) into the
-evaluator: `build` selects the references (from the fit normals or the test extremes), computes their fused patch
-features once, fits the gate on them, and returns a `ReferenceScorer` that `evaluate.predict` calls per batch.
-References taken from the test split are excluded from scoring (`keep`).
+evaluator: `build` selects the references (from the fit normals or the test extremes), computes their fused
+patch features once, fits the gate on them, and returns a `ReferenceScorer` that `evaluate.predict` calls per
+batch. References taken from the test split are excluded from scoring (`keep`).
 """
 
 from __future__ import annotations

@@ -68,7 +68,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.batch_size": (_positive_int, "a positive integer"),
     "train.lr": (lambda v: isinstance(v, (int, float)) and v > 0, "a positive number"),
     "eval.batch_size": (_positive_int, "a positive integer"),
-    "eval.val_percentile": (lambda v: isinstance(v, (int, float)) and 0 < v < 100, "a percentile in (0, 100)"),
+    "eval.val_percentile": (
+        lambda v: isinstance(v, (int, float)) and 0 < v < 100,
+        "a percentile in (0, 100)",
+    ),
     "fewshot.k": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
 }
 

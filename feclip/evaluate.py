@@ -21,7 +21,7 @@ from feclip.data.sets import ImageSet
 from feclip.metrics import hdmap_metrics, pixel_auroc
 from feclip.model.feclip import FEClip, FEClipOutput
 
-# (out, index) -> (score (B,), map (B, h, w), extra per-image columns) : few-shot banks and gates hook in here.
+# (out, index) -> (score (B,), map (B, h, w), extra per-image columns): few-shot banks and gates hook in here
 Rescorer = Callable[[FEClipOutput, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]]
 
 
@@ -91,7 +91,7 @@ def evaluate_hdmap(
 ) -> dict[str, float]:
     """HDMAP protocol metrics (../shared/docs/architecture.md) of test predictions described by `meta`.
 
-    masks: (N, H, W) pixel masks of the test images (synthetic data) -> adds `pixel_auroc` on native-size maps.
+    masks: (N, H, W) pixel masks of the test images (synthetic data) -> `pixel_auroc` on native-size maps.
     """
     metrics = hdmap_metrics(
         test.scores, meta["label"].to_numpy(), meta["condition"].to_numpy(), val_scores, val_percentile

@@ -1,8 +1,8 @@
 """Adapter training: a plain PyTorch loop (Adam, per-epoch loss logging, seeded shuffling).
 
 Only the adapters and the shared patch projection `fc` are trainable; the backbone stays frozen. With cached
-pre-tap tokens (`tokens`), each step runs only the blocks from the first tap on, which gives the same result as
-the full forward (tested bit-identical in fp32).
+pre-tap tokens (`tokens`), each step runs only the blocks from the first tap on, which gives the same result
+as the full forward (tested bit-identical in fp32).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python scripts/bench.py --model ViT-B-16 --size 224 --batch 8            # CPU here
     python scripts/bench.py --model ViT-L-14-336 --size 336 --batch 32 --precision bf16 --device cuda
-    python scripts/bench.py ... --sweep                                       # + the default sweep's wall time
+    python scripts/bench.py ... --sweep                                     # + the default sweep's wall time
 
 Measures, side by side with medians over repeats: images/s of open_clip's `encode_image` and of FE-CLIP
 inference at the same backbone / input / batch, and their ratio next to the FLOP-theoretical one; a training
@@ -139,20 +139,24 @@ def main() -> None:
     )
     print(f"| machine | {machine} (torch {torch.__version__}) |")
     print(
-        f"| backbone | {args.model} random init, input {args.size}x{args.size}, batch {args.batch}, {args.precision} |"
+        f"| backbone | {args.model} random init, input {args.size}x{args.size}, batch {args.batch}, "
+        f"{args.precision} |"
     )
     print(f"| inference taps / cache-test taps | {model.taps} / {trainer.taps} |")
     print(f"| plain encode_image | {result['plain_img_s']:.1f} images/s |")
     print(
-        f"| FE-CLIP inference | {result['feclip_img_s']:.1f} images/s ({result['feclip_ms_per_image']:.1f} ms/image) |"
+        f"| FE-CLIP inference | {result['feclip_img_s']:.1f} images/s "
+        f"({result['feclip_ms_per_image']:.1f} ms/image) |"
     )
     print(f"| FE-CLIP / plain time ratio | {result['ratio']:.3f} (theoretical {theory:.3f}) |")
     print(
-        f"| train step uncached / cached | {result['step_s_uncached']:.3f} s / {result['step_s_cached']:.3f} s "
+        f"| train step uncached / cached | {result['step_s_uncached']:.3f} s / "
+        f"{result['step_s_cached']:.3f} s "
         f"(speed-up {result['cache_speedup']:.2f}x) |"
     )
     print(
-        f"| peak memory | {result['peak_memory_mb']:.0f} MiB ({'CUDA allocated' if device.type == 'cuda' else 'RSS'}) |"
+        f"| peak memory | {result['peak_memory_mb']:.0f} MiB "
+        f"({'CUDA allocated' if device.type == 'cuda' else 'RSS'}) |"
     )
     if args.sweep:
         print(f"| default sweep (4 domains x dct,fft, embedded default) | {sweep_wall_time():.0f} s wall |")

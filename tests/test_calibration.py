@@ -7,7 +7,11 @@ from feclip import calibration
 
 
 def _record(scores, point="p99"):
-    stats = {"score": np.asarray(scores, float), "map_max": np.asarray(scores) * 2, "map_topk": np.asarray(scores)}
+    stats = {
+        "score": np.asarray(scores, float),
+        "map_max": np.asarray(scores) * 2,
+        "map_topk": np.asarray(scores),
+    }
     return calibration.fit(stats, [99.0, 99.5, 99.9], point, {"backbone": "feclip-tiny"})
 
 
@@ -48,4 +52,6 @@ def test_bad_operating_points_are_refused():
     with pytest.raises(calibration.CalibrationError, match="p97"):
         calibration.threshold(_record([1.0, 2.0]), "p97")
     with pytest.raises(calibration.CalibrationError, match="equally many"):
-        calibration.fit({"score": np.ones(3), "map_max": np.ones(2), "map_topk": np.ones(3)}, [99.0], "p99", {})
+        calibration.fit(
+            {"score": np.ones(3), "map_max": np.ones(2), "map_topk": np.ones(3)}, [99.0], "p99", {}
+        )

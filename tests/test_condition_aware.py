@@ -9,9 +9,21 @@ GATE_GROUPS = ("gate_acc_good_cold", "gate_acc_good_warm", "gate_acc_fault_cold"
 
 def test_gating_and_bank_size_sweep(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_cli(["-m", "domain=C", "gating=none,oracle,p90,soft", "fewshot.k=1,4", "fewshot.context=multi_k",
-             f"tracking.uri={uri}", "tracking.experiment=ca", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-             "eval.figures=false", *small_data(tmp_path)], tmp_path)
+    run_cli(
+        [
+            "-m",
+            "domain=C",
+            "gating=none,oracle,p90,soft",
+            "fewshot.k=1,4",
+            "fewshot.context=multi_k",
+            f"tracking.uri={uri}",
+            "tracking.experiment=ca",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            "eval.figures=false",
+            *small_data(tmp_path),
+        ],
+        tmp_path,
+    )
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("ca").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
@@ -27,8 +39,13 @@ def test_gating_and_bank_size_sweep(tmp_path):
             assert 0.0 <= metrics["gate_acc"] <= 1.0 and all(g in metrics for g in GATE_GROUPS)
     for job in (tmp_path / "multirun").glob("*/scores.csv"):
         scores = pd.read_csv(job)
-        k = int(next(line.split(":")[1] for line in (job.parent / "config.yaml").read_text().splitlines()
-                     if line.startswith("  k:")))
+        k = int(
+            next(
+                line.split(":")[1]
+                for line in (job.parent / "config.yaml").read_text().splitlines()
+                if line.startswith("  k:")
+            )
+        )
         assert len(scores) == 80 - 2 * k  # references taken from test/good are not scored
         good = scores[scores["label"] == 0]["file_index"]
         assert good.min() >= k and good.max() <= 39 - k

@@ -1,4 +1,4 @@
-"""Apply a trained model in the field: calibration stored with the checkpoint, predict on a folder of TIFFs."""
+"""Apply a trained model in the field: calibration stored with the checkpoint, predict on a TIFF folder."""
 
 import json
 import shutil
@@ -28,11 +28,20 @@ def _cfg(overrides: list[str]):
 def trained(tmp_path_factory):
     """1 epoch on synthetic domain C (1000 train normals: 100 held out for calibration), 500 + 500 test."""
     tmp = tmp_path_factory.mktemp("predict")
-    cfg = _cfg([
-        "domain=C", f"data.root={tmp / 'hdmap'}", "data.synthetic.n_train=1000", "data.synthetic.n_test=500",
-        "train.epochs=1", "aux.max_normals=200", "tracking.enabled=false", f"cache_dir={tmp / 'cache'}",
-        "eval.figures=false", "eval.calibration.operating_point=p99",
-    ])
+    cfg = _cfg(
+        [
+            "domain=C",
+            f"data.root={tmp / 'hdmap'}",
+            "data.synthetic.n_train=1000",
+            "data.synthetic.n_test=500",
+            "train.epochs=1",
+            "aux.max_normals=200",
+            "tracking.enabled=false",
+            f"cache_dir={tmp / 'cache'}",
+            "eval.figures=false",
+            "eval.calibration.operating_point=p99",
+        ]
+    )
     main(cfg, tmp / "train", JobInfo("train", "train"))
     return tmp
 
@@ -52,10 +61,16 @@ def field(trained):
 
 @pytest.fixture(scope="module")
 def predicted(trained, field):
-    cfg = _cfg([
-        "mode=predict", f"model.checkpoint={trained / 'train' / 'checkpoint'}", f"predict.input={field}",
-        "tracking.enabled=false", "predict.overlays=true", "predict.batch_size=100",
-    ])
+    cfg = _cfg(
+        [
+            "mode=predict",
+            f"model.checkpoint={trained / 'train' / 'checkpoint'}",
+            f"predict.input={field}",
+            "tracking.enabled=false",
+            "predict.overlays=true",
+            "predict.batch_size=100",
+        ]
+    )
     main(cfg, trained / "predict", JobInfo("predict", "predict"))
     return pd.read_csv(trained / "predict" / "predictions.csv"), trained / "predict"
 
@@ -85,7 +100,9 @@ def test_bad_files_are_reported_not_fatal(predicted):
     assert len(table) == 1002
     corrupt = table[table["path"].str.endswith("zz_corrupt.tiff")].iloc[0]
     assert corrupt["status"].startswith("error") and pd.isna(corrupt["score"])
-    assert table[table["path"].str.endswith("zz_other_shape.tiff")]["status"].iloc[0] == "shape_mismatch 40x100"
+    assert (
+        table[table["path"].str.endswith("zz_other_shape.tiff")]["status"].iloc[0] == "shape_mismatch 40x100"
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_unreadable"] == 1 and summary["first_unreadable"][0].endswith("zz_corrupt.tiff")
     flagged = (table["decision"] == "fault").sum()

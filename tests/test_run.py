@@ -15,8 +15,20 @@ from feclip.report import collect_runs, variant_domain_table
 
 ROOT = Path(__file__).resolve().parents[1]
 HDMAP_METRICS = (
-    "auroc", "ap", "auroc_cold", "auroc_warm", "auroc_cross", "auroc_cross2", "acc_oracle", "acc_oracle_cold",
-    "acc_oracle_warm", "acc_val", "acc_val_cold", "acc_val_warm", "f1_max", "tpr_at_fpr1",
+    "auroc",
+    "ap",
+    "auroc_cold",
+    "auroc_warm",
+    "auroc_cross",
+    "auroc_cross2",
+    "acc_oracle",
+    "acc_oracle_cold",
+    "acc_oracle_warm",
+    "acc_val",
+    "acc_val_cold",
+    "acc_val_warm",
+    "f1_max",
+    "tpr_at_fpr1",
 )
 ARTIFACTS = ("config.yaml", "scores.csv", "metrics.json", "figures", "checkpoint")
 
@@ -24,15 +36,22 @@ ARTIFACTS = ("config.yaml", "scores.csv", "metrics.json", "figures", "checkpoint
 def small_data(tmp: Path) -> list[str]:
     """Overrides for a tiny synthetic HDMAP set, one short epoch, everything under `tmp`."""
     return [
-        f"data.root={tmp / 'hdmap'}", "data.synthetic.n_train=40", "data.synthetic.n_test=40",
-        "train.epochs=1", f"cache_dir={tmp / 'cache'}",
+        f"data.root={tmp / 'hdmap'}",
+        "data.synthetic.n_train=40",
+        "data.synthetic.n_test=40",
+        "train.epochs=1",
+        f"cache_dir={tmp / 'cache'}",
     ]
 
 
 def run_cli(args: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args], cwd=tmp, env=env, capture_output=True, text=True,
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     if check and result.returncode != 0:
@@ -63,20 +82,42 @@ def check_sweep(uri: str, experiment: str, n_children: int) -> None:
 
 def test_sweep_two_domains_two_freqs_into_sqlite(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_cli(["-m", "domain=A,C", "freq=dct,fft", f"tracking.uri={uri}", "tracking.experiment=e2e",
-             f"hydra.sweep.dir={tmp_path / 'multirun'}", *small_data(tmp_path)], tmp_path)
+    run_cli(
+        [
+            "-m",
+            "domain=A,C",
+            "freq=dct,fft",
+            f"tracking.uri={uri}",
+            "tracking.experiment=e2e",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            *small_data(tmp_path),
+        ],
+        tmp_path,
+    )
     check_sweep(uri, "e2e", 4)
-    job = next(p.parent for p in (tmp_path / "multirun").glob("*/config.yaml")
-               if "name: C" in p.read_text() and "transform: fft" in p.read_text())
+    job = next(
+        p.parent
+        for p in (tmp_path / "multirun").glob("*/config.yaml")
+        if "name: C" in p.read_text() and "transform: fft" in p.read_text()
+    )
     metrics = json.loads((job / "metrics.json").read_text())
     assert 0.0 <= metrics["auroc"] <= 1.0 and "pixel_auroc" in metrics  # synthetic data has masks
     assert (job / "figures" / "anomaly_maps.png").stat().st_size > 0
 
 
 def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F811
-    run_cli(["-m", "domain=A,C", "freq=dct,fft", f"tracking.uri={mlflow_server.uri}",
-             "tracking.experiment=e2e_server", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-             *small_data(tmp_path)], tmp_path)
+    run_cli(
+        [
+            "-m",
+            "domain=A,C",
+            "freq=dct,fft",
+            f"tracking.uri={mlflow_server.uri}",
+            "tracking.experiment=e2e_server",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            *small_data(tmp_path),
+        ],
+        tmp_path,
+    )
     check_sweep(mlflow_server.uri, "e2e_server", 4)
 
 

@@ -1,4 +1,4 @@
-"""Training loop: frozen-token cache gives bit-identical training, the backbone never changes, adapters learn."""
+"""Training: the frozen-token cache is bit-identical, the backbone never changes, the adapters learn."""
 
 import json
 from pathlib import Path
@@ -76,9 +76,17 @@ def test_only_adapters_and_fc_change():
 
 def _auroc_after(tmp_path: Path, epochs: int) -> dict:
     overrides = [
-        f"data.root={tmp_path / 'hdmap'}", "data.synthetic.n_train=200", "data.synthetic.n_test=100", "domain=A",
-        "tracking.enabled=false", f"cache_dir={tmp_path / 'cache'}", "eval.figures=false", f"train.epochs={epochs}",
-        "model.score=cls+max_map", "train.lr=5e-3", "train.fc_lr_mult=1.0",
+        f"data.root={tmp_path / 'hdmap'}",
+        "data.synthetic.n_train=200",
+        "data.synthetic.n_test=100",
+        "domain=A",
+        "tracking.enabled=false",
+        f"cache_dir={tmp_path / 'cache'}",
+        "eval.figures=false",
+        f"train.epochs={epochs}",
+        "model.score=cls+max_map",
+        "train.lr=5e-3",
+        "train.fc_lr_mult=1.0",
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

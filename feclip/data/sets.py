@@ -38,7 +38,9 @@ class ImageSet:
         """Model input (B, 3, h, w) for rows `index`, converted on `device`."""
         return self.to_input(self.images[index].to(device))
 
-    def batch(self, index: torch.Tensor, device: torch.device, size: tuple[int, int], inputs: bool = True) -> Batch:
+    def batch(
+        self, index: torch.Tensor, device: torch.device, size: tuple[int, int], inputs: bool = True
+    ) -> Batch:
         """Rows `index` on `device`; masks resized (nearest) to the model input `size` (h, w)."""
         masks = None
         if self.masks is not None:
@@ -57,7 +59,9 @@ class ImageSet:
         return digest.hexdigest()[:16]
 
 
-def labelled_set(images: torch.Tensor, labels, to_input: nn.Module, masks: torch.Tensor | None = None) -> ImageSet:
+def labelled_set(
+    images: torch.Tensor, labels, to_input: nn.Module, masks: torch.Tensor | None = None
+) -> ImageSet:
     """An ImageSet where every sample has a mask when `masks` is given, none otherwise."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
     has_mask = torch.full((len(images),), masks is not None, dtype=torch.bool)
