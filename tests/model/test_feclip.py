@@ -8,6 +8,8 @@ from feclip.model.backbone import ClipBackbone
 from feclip.model.feclip import FEClip, FEClipConfig, FEClipError, gaussian_smooth, resolve_taps
 from feclip.model.prompts import text_features
 
+from .test_backbone import block_outputs
+
 
 @pytest.fixture(scope="module")
 def backbone():
@@ -75,20 +77,6 @@ def test_bad_config_raises(options, message):
 def test_config_accepts_json_lists():
     cfg = FEClipConfig(taps=[0, 2], ffe_window=[1, 3], lfs_window=[1, 5])
     assert cfg.ffe_window == (1, 3) and cfg.lfs_window == (1, 5) and cfg.taps == [0, 2]
-
-
-def block_outputs(backbone, run):
-    outputs = []
-    hooks = [
-        b.register_forward_hook(lambda m, i, o: outputs.append(o))
-        for b in backbone.visual.transformer.resblocks
-    ]
-    try:
-        result = run()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return outputs, result
 
 
 @pytest.mark.parametrize(
