@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from feclip.data.benchmarks import BenchmarkData, load_benchmark
+from feclip.data.benchmarks import BenchmarkData, list_benchmark, load_benchmark
 from feclip.data.sets import ImageSet
 from feclip.data.transforms import RGBInput
 from feclip.evaluate import predict
@@ -31,12 +31,20 @@ PAPER = {
 
 def image_set(data: BenchmarkData, to_input: RGBInput) -> ImageSet:
     """Benchmark images with their masks; every sample has a mask (all-zero for good images)."""
-    labels = torch.as_tensor(data.meta["label"].to_numpy(), dtype=torch.int64)
+    labels = torch.tensor(data.meta["label"].to_numpy(), dtype=torch.int64)
     return ImageSet(data.images, labels, data.masks, torch.ones(len(labels), dtype=torch.bool), to_input)
 
 
 def load(spec: DictConfig, size: tuple[int, int], categories=None) -> BenchmarkData:
     return load_benchmark(spec.name, Path(spec.root), size, spec.geometry, categories)
+
+
+def check_datasets(cfg: DictConfig) -> None:
+    """List the training source and every target dataset first: a bad path fails in seconds, not after
+    training."""
+    specs = [cfg.aux] if cfg.aux.source in PAPER else []
+    for spec in [*specs, *cfg.eval.datasets]:
+        list_benchmark(spec.name, Path(spec.root), spec.geometry)
 
 
 def evaluate_dataset(
@@ -70,6 +78,7 @@ def benchmark_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float
     """Train on the test split of aux=mvtec|visa, then evaluate every dataset of eval.datasets."""
     from feclip.runner import build_model, fit_adapters, runtime
 
+    check_datasets(cfg)
     rt = runtime(cfg)
     model = build_model(cfg, rt.device)
     size = tuple(cfg.backbone.input_size)

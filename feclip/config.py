@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "fewshot.context": ("none", "mean_k", "multi_k"),
     "gating.name": ("none", "oracle", "p90", "clip_sim", "random", "soft"),
     "eval.calibration.operating_point": ("p99", "p99.5", "p99.9"),
+    "aux.geometry": ("squash", "shorter_side_center_crop"),
 }
 TAP_PRESETS = ("groups", "last4", "spread3", "linspace")
 
