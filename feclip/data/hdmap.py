@@ -14,6 +14,7 @@ import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ import torch
 
 DOMAINS = ("A", "B", "C", "D")
 FOLDERS = (("train", "good", 0), ("test", "good", 0), ("test", "fault", 1))  # (split, class folder, label)
-NAME = re.compile(r"^\d{6}$")
+NAME = re.compile(r"[0-9]{6}")
+SPLITS = ("train", "test")
 META_COLUMNS = ("domain", "split", "label", "file_index", "condition", "path")
 
 
@@ -43,6 +45,8 @@ class HDMAPData:
     def subset(self, rows) -> HDMAPData:
         """rows: bool mask (N,) or integer positions -> the selected images, meta re-indexed 0..n-1."""
         rows = np.asarray(rows)
+        if rows.dtype == bool and rows.shape != (len(self),):
+            raise HDMAPError(f"subset: bool mask of shape {rows.shape}, expected ({len(self)},)")
         positions = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
         index = torch.from_numpy(positions)
         masks = None if self.masks is None else self.masks[index]
@@ -54,7 +58,8 @@ def read_tiff(path: str | Path) -> np.ndarray:
     try:
         image = tifffile.imread(path)
     except Exception as error:  # tifffile raises many types for corrupt files
-        raise HDMAPError(f"{path}: not a readable TIFF ({type(error).__name__}: {error})") from None
+        reason = " ".join(str(error).split())  # one line, whatever tifffile put in the message
+        raise HDMAPError(f"{path}: not a readable TIFF ({type(error).__name__}: {reason})") from None
     image = np.squeeze(np.asarray(image))
     if image.ndim != 2:
         raise HDMAPError(f"{path}: expected a 2-D single-channel map, got shape {image.shape}")
@@ -71,9 +76,15 @@ def _files(folder: Path) -> list[Path]:
     if not files:
         raise HDMAPError(f"empty folder {folder}: expected NNNNNN.tiff files")
     for path in files:
-        if not NAME.match(path.stem):
+        if not NAME.fullmatch(path.stem):
             raise HDMAPError(f"{path}: file name is not a 6-digit index (expected e.g. 000042.tiff)")
-    return sorted(files, key=lambda p: int(p.stem))
+    files = sorted(files, key=lambda p: int(p.stem))
+    for before, path in pairwise(files):
+        if before.stem == path.stem:
+            raise HDMAPError(
+                f"{path}: file index {path.stem} also used by {before.name}; expected one file each"
+            )
+    return files
 
 
 def _stack(files: list[Path], folder: Path) -> np.ndarray:
@@ -88,16 +99,21 @@ def _stack(files: list[Path], folder: Path) -> np.ndarray:
     return np.stack(images)
 
 
-def _masks(domain_dir: Path, files: list[Path], label: int, shape) -> np.ndarray:
+def _masks(mask_dir: Path, files: list[Path], label: int, shape) -> np.ndarray:
+    """masks (n, H, W) uint8 {0, 1} for one class folder: zeros for good, mask_dir/<name> (> 0) for faults."""
     if label == 0:
         return np.zeros((len(files), *shape), dtype=np.uint8)
-    masks = []
-    for path in files:
-        mask_path = domain_dir / "ground_truth" / "fault" / path.name
-        if not mask_path.is_file():
-            raise HDMAPError(f"missing mask {mask_path} for {path} (the ground_truth folder exists)")
-        masks.append((tifffile.imread(mask_path) > 0).astype(np.uint8))
-    return np.stack(masks)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return np.stack(list(pool.map(lambda path: _mask(mask_dir / path.name, path, shape), files)))
+
+
+def _mask(mask_path: Path, image_path: Path, shape) -> np.ndarray:
+    if not mask_path.is_file():
+        raise HDMAPError(f"missing mask {mask_path} for {image_path} (the folder {mask_path.parent} exists)")
+    mask = read_tiff(mask_path)
+    if mask.shape != tuple(shape):
+        raise HDMAPError(f"{mask_path}: mask shape {mask.shape}, expected the image shape {tuple(shape)}")
+    return (mask > 0).astype(np.uint8)
 
 
 def _domain_dir(root: Path, domain: str) -> Path:
@@ -115,8 +131,12 @@ def load_domain(root, domain: str, splits=("train", "test"), cold_warm_split: in
 
     cold_warm_split: test file_index < split is cold; None -> (max test index + 1) // 2 (500 for 1000 images).
     """
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits or not set(splits) <= set(SPLITS):
+        raise HDMAPError(f"splits={splits!r}: expected a non-empty selection of {SPLITS}")
     domain_dir = _domain_dir(Path(root), domain)
-    with_masks = (domain_dir / "ground_truth").is_dir()
+    mask_dir = domain_dir / "ground_truth" / "fault"
+    with_masks = mask_dir.is_dir()
     images, masks, metas = [], [], []
     for split, folder_name, label in FOLDERS:
         if split not in splits:
@@ -126,7 +146,7 @@ def load_domain(root, domain: str, splits=("train", "test"), cold_warm_split: in
         stack = _stack(files, folder)
         images.append(stack)
         if with_masks:
-            masks.append(_masks(domain_dir, files, label, stack.shape[1:]))
+            masks.append(_masks(mask_dir, files, label, stack.shape[1:]))
         indices = [int(p.stem) for p in files]
         metas.append(
             pd.DataFrame(
@@ -164,7 +184,12 @@ def _conditions(meta: pd.DataFrame, split: int | None) -> np.ndarray:
 
 
 def data_hash(data: HDMAPData) -> str:
-    """Stable content hash of images + metadata (keys caches and calibration records)."""
-    digest = hashlib.sha1(data.images.contiguous().numpy().tobytes())
-    digest.update(pd.util.hash_pandas_object(data.meta[["split", "label", "file_index"]], index=False).values)
+    """Stable content hash (16 hex digits) of images, masks and meta (domain, split, label, file index,
+    condition): keys caches and calibration records; a changed pixel or cold/warm split gives a new hash."""
+    digest = hashlib.sha1(str(tuple(data.images.shape)).encode())
+    digest.update(data.images.detach().cpu().contiguous().numpy().tobytes())
+    if data.masks is not None:
+        digest.update(data.masks.cpu().contiguous().numpy().tobytes())
+    columns = ["domain", "split", "label", "file_index", "condition"]
+    digest.update(pd.util.hash_pandas_object(data.meta[columns], index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]

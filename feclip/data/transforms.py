@@ -6,6 +6,10 @@ clipped. Conversions run batched on the images' device (no per-item PIL work).
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +29,18 @@ def _normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device)[:, None, None]
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device)[:, None, None]
     return (images - mean) / std
+
+
+def _size(size) -> tuple[int, int]:
+    """size (h, w): two positive integers, else a TransformError."""
+    values = tuple(size) if isinstance(size, Sequence) and not isinstance(size, str) else ()
+    if len(values) != 2 or not all(_positive_int(v) for v in values):
+        raise TransformError(f"size={size!r}: expected (h, w), two positive integers")
+    return int(values[0]), int(values[1])
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 class HDMAPInput(nn.Module):
@@ -50,14 +66,9 @@ class HDMAPInput(nn.Module):
             raise TransformError(f"data.resize={resize!r}: expected one of {', '.join(RESIZES)}")
         if intensity not in INTENSITIES:
             raise TransformError(f"data.intensity={intensity!r}: expected one of {', '.join(INTENSITIES)}")
-        if not scale > 0:
-            raise TransformError(f"data.scale={scale!r}: expected a positive number")
-        self.size, self.resize, self.intensity, self.scale = (
-            tuple(int(s) for s in size),
-            resize,
-            intensity,
-            scale,
-        )
+        if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not 0 < scale < math.inf:
+            raise TransformError(f"data.scale={scale!r}: expected a positive finite number")
+        self.size, self.resize, self.intensity, self.scale = _size(size), resize, intensity, scale
         self.mean, self.std = tuple(mean), tuple(std)
 
     def extra_repr(self) -> str:
@@ -96,6 +107,10 @@ class RGBInput(nn.Module):
 
 def normalize_rgb(images: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     """uint8 (B, 3, h, w) -> float (B, 3, h, w): / 255, then per-channel (x - mean) / std."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise TransformError(
+            f"RGB images must be uint8 (B, 3, h, w), got {images.dtype} of shape {tuple(images.shape)}"
+        )
     return _normalize(images.float() / 255.0, mean, std)
 
 
