@@ -272,8 +272,9 @@ def _open(path: str) -> Image.Image:
         with Image.open(path) as file:
             file.load()
             return file
-    except OSError as error:
-        raise BenchmarkError(f"cannot decode image {path}: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for unreadable or corrupt files
+        reason = " ".join(str(error).split())
+        raise BenchmarkError(f"cannot decode image {path}: {reason}") from error
 
 
 def _binary_mask(mask: Image.Image) -> Image.Image:

@@ -37,7 +37,7 @@ class HDMAPError(ValueError):
 class HDMAPData:
     images: torch.Tensor  # (N, H, W) float32, raw values
     meta: pd.DataFrame  # row i describes images[i]: META_COLUMNS
-    masks: torch.Tensor | None = None  # (N, H, W) uint8 {0, 1} (synthetic data), zeros for good images
+    masks: torch.Tensor | None = None  # (N, H, W) uint8 {0, 1} if ground_truth/fault/ exists; 0 for good
 
     def __len__(self) -> int:
         return len(self.images)

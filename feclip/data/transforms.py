@@ -44,12 +44,15 @@ def _positive_int(value) -> bool:
 
 
 class HDMAPInput(nn.Module):
-    """raw HDMAP maps (B, H, W) -> model input (B, 3, h, w).
+    """raw HDMAP maps (B, H, W) -> model input (B, 3, h, w), computed on the images' device.
 
     intensity: `raw` (values as they are; the default), `fixed_scale` (divide by `scale`), or
-    `per_image_minmax` (each image to [0, 1]; offered because it was tried, but it amplifies the noise of cold
-    images: the user's WinCLIP domain C cold AUROC fell from 72.5 to 56.7 with it). resize: `bilinear`
-    (default; the user measured it best), `nearest` or `bicubic`, of the full frame to `size` (h, w).
+    `per_image_minmax` (each image to [0, 1]). per_image_minmax is harmful for cold faults: it discards the
+    absolute level (a fault also adds a global gain) and stretches the noise of dim cold images; the user
+    measured WinCLIP domain C cold AUROC 72.5 -> 56.7 with it. It is offered only to reproduce that.
+    resize: the full frame (no crop) to `size` (h, w) with `bilinear` (the default; align_corners=False),
+    `nearest` or `bicubic`, antialias off. The one channel is then replicated to 3 and normalised with
+    (mean, std) per channel.
     """
 
     def __init__(
@@ -87,7 +90,7 @@ class HDMAPInput(nn.Module):
             low = x.amin(dim=(1, 2), keepdim=True)
             x = (x - low) / (x.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
         extra = {} if self.resize == "nearest" else {"align_corners": False}
-        x = F.interpolate(x[:, None], size=self.size, mode=self.resize, **extra)
+        x = F.interpolate(x[:, None], size=self.size, mode=self.resize, antialias=False, **extra)
         return _normalize(x.expand(-1, 3, -1, -1), self.mean, self.std)
 
 
@@ -116,6 +119,9 @@ def normalize_rgb(images: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.T
 
 def resize_masks(masks: torch.Tensor, size) -> torch.Tensor:
     """masks (B, H, W) {0, 1} -> (B, h, w) float {0, 1}, nearest (stays binary)."""
-    if tuple(masks.shape[-2:]) == tuple(size):
+    size = _size(size)
+    if masks.ndim != 3:
+        raise TransformError(f"masks must be (B, H, W), got shape {tuple(masks.shape)}")
+    if tuple(masks.shape[-2:]) == size:
         return masks.float()
-    return F.interpolate(masks[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
+    return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]

@@ -122,6 +122,11 @@ def test_masks_present_binary_and_zero_for_good(tmp_path):
     assert all(torch.equal(mask, expected) for mask in data.masks[~good])
 
 
+def test_ground_truth_without_a_fault_folder_means_no_masks(tmp_path, tree):
+    (tmp_path / "domain_A" / "ground_truth" / "good").mkdir(parents=True)
+    assert load_domain(tmp_path, "A").masks is None
+
+
 def test_test_split_only(tmp_path, tree):
     data = load_domain(tmp_path, "A", splits=("test",))
     assert len(data) == 8 and set(data.meta["split"]) == {"test"}
@@ -177,6 +182,16 @@ def test_data_hash_is_stable_and_changes_with_one_pixel(tmp_path, tree):
     image[3, 4] += 1e-3
     tifffile.imwrite(path, image)
     assert data_hash(load_domain(tmp_path, "A")) != data_hash(data)
+
+
+def test_data_hash_covers_the_cold_warm_split_and_masks(tmp_path):
+    write_tree(tmp_path, masks=True)
+    data = load_domain(tmp_path, "A")
+    assert data_hash(load_domain(tmp_path, "A", cold_warm_split=1)) != data_hash(data)
+    masks = data.masks.clone()
+    masks[11, 0, 0] = 1
+    assert data_hash(HDMAPData(data.images, data.meta, masks)) != data_hash(data)
+    assert data_hash(HDMAPData(data.images, data.meta)) != data_hash(data)
 
 
 def test_read_tiff_squeezes_a_single_page(tmp_path):

@@ -17,7 +17,7 @@ from feclip.data.transforms import (
 )
 
 RESIZES = ("bilinear", "nearest", "bicubic")
-SIZES = ((64, 192), (336, 336))
+SIZES = ((64, 192), (112, 336), (336, 336))
 RAW_2_5 = (7.514234, 7.815355, 7.585072)  # (2.5 - mean_c) / std_c
 SCALED_2_5_BY_4 = (0.534362, 0.639766, 0.786103)  # (2.5 / 4 - mean_c) / std_c
 RGB_0_128_255 = (-1.792263, 0.168897, 2.145897)  # (v / 255 - mean_c) / std_c for pixel (0, 128, 255)
@@ -103,6 +103,15 @@ def test_resize_masks_stays_binary_and_aligns_with_nearest_images():
         assert set(resized.unique().tolist()) == {0.0, 1.0}
         as_image = unnormalize(HDMAPInput(size, resize="nearest")(masks.float()))[:, 0]
         assert torch.allclose(as_image, resized, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "pattern"),
+    [((2, 1, 31, 95), (62, 190), r"masks must be \(B, H, W\)"), ((2, 31, 95), (62,), r"size=\(62,\)")],
+)
+def test_resize_masks_rejects_bad_shapes_and_sizes(shape, size, pattern):
+    with pytest.raises(TransformError, match=pattern):
+        resize_masks(torch.zeros(shape, dtype=torch.uint8), size)
 
 
 def test_resize_masks_at_the_same_size_is_a_float_copy():
