@@ -83,7 +83,7 @@ def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
     text = torch.tensor(content["text_features"])
     model = FEClip(backbone, FEClipConfig(**description["config"]), text, description.get("input_size"))
     load_checkpoint(directory, model)
-    gate = make_gate(**content["gate"]) if content["gate"] else None
+    gate = make_gate(**content["gate"]) if _deployable(content["gate"]) else None
     return Predictor(
         model.to(device).eval(),
         hdmap_input(content["input"], backbone),
@@ -91,6 +91,11 @@ def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
         gate,
         tuple(content["image_shape"]),
     )
+
+
+def _deployable(gate_state: dict | None) -> bool:
+    """Gates that can label unlabelled files: not none, not the oracle (it reads the test file index)."""
+    return bool(gate_state) and gate_state["name"] not in ("none", "oracle")
 
 
 def list_inputs(pattern: str) -> list[Path]:

@@ -124,3 +124,23 @@ def test_empty_folder_and_missing_checkpoint_are_one_line_errors(tmp_path):
         list_inputs(str(tmp_path))
     with pytest.raises(PredictError, match="predictor.json"):
         load_predictor(tmp_path, torch.device("cpu"))
+
+
+def test_a_fitted_gate_labels_new_files_but_the_oracle_is_not_applied(trained, field, tmp_path):
+    from feclip.predict import predict_files
+
+    for state, expected in [
+        ({"name": "p90", "threshold": 0.3, "temperature": 0.01}, True),
+        ({"name": "oracle"}, False),
+    ]:
+        checkpoint = shutil.copytree(trained / "train" / "checkpoint", tmp_path / state["name"])
+        spec = json.loads((checkpoint / "predictor.json").read_text())
+        (checkpoint / "predictor.json").write_text(json.dumps({**spec, "gate": state}))
+        predictor = load_predictor(checkpoint, torch.device("cpu"))
+        files = sorted(field.glob("good_*.tiff"))[:4] + sorted(field.glob("good_*.tiff"))[-4:]
+        table = predict_files(
+            predictor, files, 8, torch.device("cpu"), torch.autocast("cpu", enabled=False), "p99"
+        )
+        assert ("gate" in table) == expected
+        if expected:  # synthetic C: the 4 coldest normals read cold, the 4 warmest warm (p90 midpoint ~0.31)
+            assert table["gate"].tolist() == ["cold"] * 4 + ["warm"] * 4
