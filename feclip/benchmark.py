@@ -84,8 +84,8 @@ def benchmark_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float
     size = tuple(cfg.backbone.input_size)
     to_input = RGBInput(model.backbone.mean, model.backbone.std)
     source = image_set(load(cfg.aux, size), to_input) if cfg.aux.source in PAPER else None
-    fit_adapters(cfg, rt, model, source, tracker)
     tokens_for = rt.tokens(cfg, model)
+    fit_adapters(cfg, rt, model, source, tracker, tokens_for)
     metrics = {}
     for spec in cfg.eval.datasets:
         metrics.update(

@@ -31,9 +31,10 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(model: FEClip, images: ImageSet, precision: str) -> str:
+def cache_key(model: FEClip, images: ImageSet, precision: str, weights: str | None = None) -> str:
+    """weights: the backbone's `weights_fingerprint` when the caller has it (hashing ViT-L is not free)."""
     parts = [
-        weights_fingerprint(model.backbone),
+        weights or weights_fingerprint(model.backbone),
         str(model.taps[0]),
         images.fingerprint(),
         precision,
@@ -63,13 +64,14 @@ def pre_tap_tokens(
     autocast: AbstractContextManager,
     precision: str,
     cache_dir: str | Path,
+    weights: str | None = None,
 ) -> torch.Tensor | None:
     """The set's pre-tap tokens (N, T, D) per `mode`, or None for `off`."""
     if mode == "off":
         return None
     if mode == "memory":
         return compute_tokens(model, images, batch_size, device, autocast)
-    path = Path(cache_dir) / f"tokens-{cache_key(model, images, precision)}.pt"
+    path = Path(cache_dir) / f"tokens-{cache_key(model, images, precision, weights)}.pt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from feclip import calibration, condition_aware, config, tracking
-from feclip.cache import pre_tap_tokens
+from feclip.cache import pre_tap_tokens, weights_fingerprint
 from feclip.data import synthetic
 from feclip.data.faults import BandFaultConfig, inject_band_faults
 from feclip.data.hdmap import DOMAINS, HDMAPData, load_domain
@@ -48,6 +48,7 @@ class Runtime:
 
     def tokens(self, cfg: DictConfig, model: FEClip) -> Callable[[ImageSet], torch.Tensor | None]:
         """images -> their frozen pre-tap tokens (N, T, D) per `train.token_cache`, or None."""
+        weights = weights_fingerprint(model.backbone) if cfg.train.token_cache == "disk" else None
         return lambda images: pre_tap_tokens(
             model,
             images,
@@ -57,6 +58,7 @@ class Runtime:
             self.autocast,
             self.precision,
             cfg.cache_dir,
+            weights,
         )
 
 
@@ -185,8 +187,10 @@ def _capped(data: HDMAPData, cap: int | None, seed: int) -> HDMAPData:
     return data.subset(np.sort(np.random.default_rng(seed).permutation(len(data))[:cap])) if cap else data
 
 
-def fit_adapters(cfg: DictConfig, rt: Runtime, model: FEClip, data: ImageSet | None, tracker) -> dict:
-    """Train when there is a training source and epochs > 0; returns the loss history."""
+def fit_adapters(cfg: DictConfig, rt: Runtime, model: FEClip, data: ImageSet | None, tracker, tokens) -> dict:
+    """Train when there is a training source and epochs > 0; returns the loss history.
+
+    tokens: images -> frozen pre-tap tokens or None (`Runtime.tokens`)."""
     if data is None or cfg.train.epochs == 0:
         return {}
     train_cfg = TrainConfig(**{k: v for k, v in cfg.train.items() if k != "token_cache"})
@@ -194,9 +198,7 @@ def fit_adapters(cfg: DictConfig, rt: Runtime, model: FEClip, data: ImageSet | N
     def log_epoch(epoch: int, losses: dict[str, float]) -> None:
         tracker.log_metrics({f"train_{name}": value for name, value in losses.items()}, step=epoch)
 
-    return train(
-        model, data, train_cfg, rt.device, rt.autocast, cfg.seed, rt.tokens(cfg, model)(data), log_epoch
-    )
+    return train(model, data, train_cfg, rt.device, rt.autocast, cfg.seed, tokens(data), log_epoch)
 
 
 def job_tags(cfg: DictConfig, job: tracking.JobInfo) -> dict[str, str]:
@@ -267,9 +269,9 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
     )
     test = data.subset((data.meta["split"] == "test").to_numpy())
-    history = fit_adapters(cfg, rt, model, training_set(cfg, root, fit, to_input), tracker)
-    refs = condition_aware.build(cfg, model, fit, test, to_input, rt)
     tokens = rt.tokens(cfg, model)
+    history = fit_adapters(cfg, rt, model, training_set(cfg, root, fit, to_input), tracker, tokens)
+    refs = condition_aware.build(cfg, model, fit, test, to_input, rt)
     native = tuple(data.images.shape[-2:])
     test_set = labelled_set(test.images, test.meta["label"], to_input)
     val_set = labelled_set(val.images, val.meta["label"], to_input)
