@@ -22,7 +22,7 @@ from feclip import calibration, condition_aware, config, tracking
 from feclip.cache import pre_tap_tokens, weights_fingerprint
 from feclip.data import synthetic
 from feclip.data.faults import BandFaultConfig, inject_band_faults
-from feclip.data.hdmap import DOMAINS, HDMAPData, load_domain
+from feclip.data.hdmap import DOMAINS, HDMAPData, data_hash, load_domain
 from feclip.data.sets import ImageSet, labelled_set
 from feclip.data.transforms import HDMAPInput
 from feclip.evaluate import Predictions, evaluate_hdmap, predict, scores_table
@@ -273,53 +273,41 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
     history = fit_adapters(cfg, rt, model, training_set(cfg, root, fit, to_input), tracker, tokens)
     refs = condition_aware.build(cfg, model, fit, test, to_input, rt)
     native = tuple(data.images.shape[-2:])
-    test_set = labelled_set(test.images, test.meta["label"], to_input)
-    val_set = labelled_set(val.images, val.meta["label"], to_input)
     scorer = refs.scorer if refs else None
-    test_pred = predict(
-        model,
-        test_set,
-        cfg.eval.batch_size,
-        rt.device,
-        rt.autocast,
-        native,
-        tokens(test_set),
-        scorer,
-        cfg.eval.calibration.topk,
-    )
-    val_pred = predict(
-        model,
-        val_set,
-        cfg.eval.batch_size,
-        rt.device,
-        rt.autocast,
-        native,
-        tokens(val_set),
-        scorer.for_images(val.images, val.meta) if scorer else None,
-        cfg.eval.calibration.topk,
-    )
-    keep = refs.keep if refs else np.ones(len(test), dtype=bool)
-    scored, scored_meta = test_pred.subset(keep), test.meta[keep].reset_index(drop=True)
-    masks = None if test.masks is None else test.masks[torch.from_numpy(keep)]
-    metrics = evaluate_hdmap(scored, scored_meta, val_pred.scores, cfg.eval.val_percentile, masks)
-    if refs:
-        metrics.update(refs.metrics(scored.extra, scored_meta))
-    scores_table(scored, scored_meta).to_csv(output_dir / "scores.csv", index=False)
-    save_model(cfg, output_dir / "checkpoint", model, val_pred, refs, native)
-    if cfg.eval.figures:
-        write_figures(
-            output_dir / "figures",
-            scored,
-            scored_meta,
-            test.images[torch.from_numpy(keep)],
-            metrics,
-            history,
-            cfg,
+
+    def score(part: HDMAPData, rescore) -> Predictions:
+        images = labelled_set(part.images, part.meta["label"], to_input)
+        return predict(
+            model,
+            images,
+            cfg.eval.batch_size,
+            rt.device,
+            rt.autocast,
+            native,
+            tokens(images),
+            rescore,
+            cfg.eval.calibration.topk,
         )
+
+    test_pred = score(test, scorer)
+    val_pred = score(val, scorer.for_images(val.images, val.meta) if scorer else None)
+    keep = refs.keep if refs else np.ones(len(test), dtype=bool)
+    scored, scored_test = test_pred.subset(keep), test.subset(keep)
+    metrics = evaluate_hdmap(
+        scored, scored_test.meta, val_pred.scores, cfg.eval.val_percentile, scored_test.masks
+    )
+    if refs:
+        metrics.update(refs.metrics(scored.extra, scored_test.meta))
+    scores_table(scored, scored_test.meta).to_csv(output_dir / "scores.csv", index=False)
+    save_model(cfg, output_dir / "checkpoint", model, val, val_pred, refs)
+    if cfg.eval.figures:
+        write_figures(output_dir / "figures", scored, scored_test, metrics, history, cfg)
     return metrics
 
 
-def save_model(cfg: DictConfig, directory: Path, model: FEClip, val_pred: Predictions, refs, native) -> None:
+def save_model(
+    cfg: DictConfig, directory: Path, model: FEClip, val: HDMAPData, val_pred: Predictions, refs
+) -> None:
     """Adapters + fc, and what applying the model later needs: input transform, calibration record, gate."""
     from feclip.predict import save_predictor
 
@@ -329,7 +317,8 @@ def save_model(cfg: DictConfig, directory: Path, model: FEClip, val_pred: Predic
         "input": input_spec(cfg),
         "prompt": OmegaConf.to_container(cfg.prompt),
         "domain": cfg.domain.name,
-        "fitted_on": f"{len(val_pred.scores)} held-out train/good images of {cfg.data.root}",
+        "fitted_on": f"{len(val)} held-out train/good images of {cfg.data.root}",
+        "data_hash": data_hash(val),
     }
     record = calibration.fit(
         {"score": val_pred.scores, "map_max": val_pred.map_max, "map_topk": val_pred.map_topk},
@@ -338,22 +327,18 @@ def save_model(cfg: DictConfig, directory: Path, model: FEClip, val_pred: Predic
         context,
     )
     save_checkpoint(directory, model, extra={"references": refs.state if refs else None})
-    save_predictor(directory, model, input_spec(cfg), record, refs.state["gate"] if refs else None, native)
+    gate = refs.state["gate"] if refs else None
+    save_predictor(directory, model, input_spec(cfg), record, gate, tuple(val.images.shape[-2:]))
 
 
 def write_figures(
-    directory: Path,
-    pred: Predictions,
-    meta,
-    images: torch.Tensor,
-    metrics: dict,
-    history: dict,
-    cfg: DictConfig,
+    directory: Path, pred: Predictions, test: HDMAPData, metrics: dict, history: dict, cfg: DictConfig
 ) -> None:
     """ROC curves, score histograms, the anomaly-map grid (worst misses first) and the loss curves as PNGs."""
     from feclip import plots
 
     directory.mkdir(parents=True, exist_ok=True)
+    meta, images = test.meta, test.images
     caption = RANDOM_INIT_NOTE if cfg.backbone.pretrained is None else ""
     labels, condition = meta["label"].to_numpy(), meta["condition"].to_numpy()
     thresholds = {

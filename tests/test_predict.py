@@ -79,6 +79,7 @@ def test_decisions_match_the_calibration_record(trained, predicted):
     table, _ = predicted
     record = json.loads((trained / "train" / "checkpoint" / "predictor.json").read_text())["calibration"]
     assert record["operating_point"] == "p99" and record["n_normals"] == 100
+    assert len(record["data_hash"]) == 16 and record["input"]["size"] == [64, 192]
     scored = table[~table["status"].str.startswith("error")]
     expected = np.where(calibration.decide(scored["score"].to_numpy(), record), "fault", "normal")
     assert (scored["decision"].to_numpy() == expected).all()
