@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from feclip.errors import FeclipError
+
 OPERATING_POINTS = ("p99", "p99.5", "p99.9")
 STATISTICS = ("score", "map_max", "map_topk")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(FeclipError):
     """A calibration record or operating point is unusable."""
 
 

@@ -11,8 +11,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from feclip.errors import FeclipError
 
-class ConfigError(ValueError):
+
+class ConfigError(FeclipError):
     """A config value is invalid; the message names the key and what was expected."""
 
 

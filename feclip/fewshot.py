@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from feclip.errors import FeclipError
 from feclip.gating import GateDecision
 
 SOURCES = ("train", "test_extremes")
@@ -47,7 +48,7 @@ CONTEXTS = ("none", "mean_k", "multi_k")
 MIXED = "mixed"
 
 
-class FewShotError(ValueError):
+class FewShotError(FeclipError):
     """A few-shot setting or input is invalid; the message names it and what was expected."""
 
 

@@ -44,11 +44,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from feclip.errors import FeclipError
+
 CONDITIONS = ("cold", "warm")
 MODES = ("mixed", "hard", "soft")
 
 
-class GateError(ValueError):
+class GateError(FeclipError):
     """A gate name, parameter or input is invalid; the message names it and what was expected."""
 
 

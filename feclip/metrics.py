@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from feclip.errors import FeclipError
+
 CONDITIONS = ("cold", "warm")
 BENCHMARK_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pro")
 # Pixels sampled (with a fixed seed) to place PRO thresholds; maps processed this many pixels at a time.
@@ -45,7 +47,7 @@ PRO_LEVELS = 1000  # default n_levels of pro_score
 PRO_CHUNK_PIXELS = 2**22
 
 
-class MetricsError(ValueError):
+class MetricsError(FeclipError):
     """Bad input to a metric function."""
 
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from feclip.errors import FeclipError
+
 CONDITIONS = ("cold", "warm")
 GROUP_STYLE = {  # (condition, label) -> (legend name, colour, line style)
     ("cold", 0): ("cold good", "tab:blue", "-"),
@@ -23,7 +25,7 @@ GROUP_STYLE = {  # (condition, label) -> (legend name, colour, line style)
 }
 
 
-class PlotError(ValueError):
+class PlotError(FeclipError):
     """Inputs of a figure are inconsistent; the message names the argument and the expected shape."""
 
 

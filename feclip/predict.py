@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from feclip import calibration
 from feclip.data.hdmap import read_tiff
+from feclip.errors import FeclipError
 from feclip.gating import make_gate
 from feclip.model.backbone import ClipBackbone
 from feclip.model.checkpoint import load_checkpoint, read_description
@@ -37,7 +38,7 @@ PREDICTOR_FILE = "predictor.json"
 BACKBONE_WEIGHTS = "backbone.safetensors"
 
 
-class PredictError(ValueError):
+class PredictError(FeclipError):
     """The input folder or the checkpoint cannot be used for prediction."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from feclip import tracking
+from feclip.errors import FeclipError
 
 DOMAINS = ("A", "B", "C", "D")  # the HDMAP domains (feclip.data.hdmap.DOMAINS)
 PERCENT_PREFIXES = ("auroc", "ap", "acc", "f1", "tpr", "gate_acc", "pro", "pixel_auroc")
@@ -57,7 +58,7 @@ HOW_TO_READ = (
 )
 
 
-class ReportError(ValueError):
+class ReportError(FeclipError):
     """The runs cannot make the requested table; the message names the experiment/metric and what exists."""
 
 

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from feclip import calibration, condition_aware, config, tracking
+from feclip.errors import FeclipError
 from feclip.cache import pre_tap_tokens, weights_fingerprint
 from feclip.data import synthetic
 from feclip.data.faults import BandFaultConfig, inject_band_faults
@@ -37,7 +38,7 @@ RANDOM_INIT_NOTE = "random-init backbone: numbers test the pipeline, not FE-CLIP
 
 def is_user_error(error: BaseException) -> bool:
     """Errors about the user's input (config, data, URIs): printed as one line instead of a traceback."""
-    return isinstance(error, (ValueError, FileNotFoundError)) and type(error).__module__.startswith("feclip")
+    return isinstance(error, FeclipError)
 
 
 @dataclass

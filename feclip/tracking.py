@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from feclip.errors import FeclipError
+
 ENV_URI = "MLFLOW_TRACKING_URI"
 PARENT_FILE = "mlflow_parent.json"
 TRUNCATION_MARKER = "...[truncated]"
@@ -56,7 +58,7 @@ NAME_MAX_LENGTH = 80
 SCALAR_PATTERN = r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|true|false|null"
 
 
-class TrackingError(ValueError):
+class TrackingError(FeclipError):
     """The tracking store or a tracking call is unusable; the message names the URI/file and the fix."""
 
 

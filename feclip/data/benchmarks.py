@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from feclip.errors import FeclipError
+
 MVTEC_CATEGORIES = (
     "bottle",
     "cable",
@@ -71,7 +73,7 @@ BTAD_MASK_SUFFIXES = (".png", ".bmp")
 META_COLUMNS = ["dataset", "category", "label", "defect", "path"]
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(FeclipError):
     """A benchmark dataset is missing or does not have its published layout; names the path and the layout."""
 
 

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from feclip.errors import FeclipError
+
 SEGMENT_SD = 3.0  # px, smoothing of the segment noise along x
 SEGMENT_RAMP = 0.5  # width of the soft ramp above the threshold, in sd of the smoothed noise
 PEAK_SPREAD = 1  # peaks lie on rows y_f - 1 .. y_f + 1
 MASK_THRESHOLD = 0.5  # mask = v(y)·m(x) >= this, plus peak pixels
 
 
-class BandFaultError(ValueError):
+class BandFaultError(FeclipError):
     """Invalid band-fault configuration or input; the message names the key and what was expected."""
 
 

@@ -22,6 +22,8 @@ import pandas as pd
 import tifffile
 import torch
 
+from feclip.errors import FeclipError
+
 DOMAINS = ("A", "B", "C", "D")
 FOLDERS = (("train", "good", 0), ("test", "good", 0), ("test", "fault", 1))  # (split, class folder, label)
 NAME = re.compile(r"[0-9]{6}")
@@ -29,7 +31,7 @@ SPLITS = ("train", "test")
 META_COLUMNS = ("domain", "split", "label", "file_index", "condition", "path")
 
 
-class HDMAPError(ValueError):
+class HDMAPError(FeclipError):
     """The HDMAP folder or one of its files is not what the reader expects."""
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from feclip.errors import FeclipError
 from feclip.data.faults import (
     BandFaults,
     apply_band_faults,
@@ -78,7 +79,7 @@ BRIGHT_RATE, BRIGHT_AMP, BRIGHT_SD, MAX_BRIGHT = 1.0, 5.0, 0.3, 8  # isolated br
 MAX_ROUNDS = 200  # reject-and-redraw rounds before giving up
 
 
-class SyntheticError(ValueError):
+class SyntheticError(FeclipError):
     """Bad generator input (domain, counts, option, output folder); the message names it."""
 
 

@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feclip.errors import FeclipError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZES = ("bilinear", "nearest", "bicubic")
 INTENSITIES = ("raw", "fixed_scale", "per_image_minmax")
 
 
-class TransformError(ValueError):
+class TransformError(FeclipError):
     """An input-transform option or input shape is invalid."""
 
 

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feclip.errors import FeclipError
 from feclip.model.frequency import check_window, make_transform
 
 LFS_STATISTICS = ("mean", "abs", "energy")
 
 
-class AdapterError(ValueError):
+class AdapterError(FeclipError):
     """An adapter option or input shape is invalid."""
 
 

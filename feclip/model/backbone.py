@@ -28,6 +28,8 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from feclip.errors import FeclipError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY = "feclip-tiny"
 LOCAL_FILE_HINT = "backbone.pretrained=/path/to/open_clip_pytorch_model.bin"
@@ -37,7 +39,7 @@ if TINY not in open_clip.list_models():
     open_clip.add_model_config(CONFIG_DIR)
 
 
-class BackboneError(ValueError):
+class BackboneError(FeclipError):
     """The backbone cannot be built or used as asked (model name, weights, input size, block range)."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from feclip.errors import FeclipError
 from feclip.model.feclip import FEClip, FEClipConfig
 
 FORMAT = "feclip-checkpoint/1"
@@ -42,7 +43,7 @@ ADAPTER_FIELDS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FeclipError):
     """A checkpoint directory is unreadable or does not match the model it is loaded into."""
 
 

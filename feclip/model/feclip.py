@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feclip.errors import FeclipError
 from feclip.model.adapters import FFE, LFS, LFS_STATISTICS, ConvAdapter, TapAdapter
 from feclip.model.backbone import ClipBackbone
 from feclip.model.frequency import TRANSFORMS, check_window
@@ -44,7 +45,7 @@ MAPS = ("prob", "logit_margin")
 TRAINABLE_PREFIXES = ("adapters.", "fc.")
 
 
-class FEClipError(ValueError):
+class HeadError(FeclipError):
     """An FE-CLIP option, tap list or input is invalid."""
 
 
@@ -58,7 +59,7 @@ def _is_number(value) -> bool:
 
 def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise FEClipError(f"FEClipConfig.{name}={value!r}: expected one of {', '.join(allowed)}")
+        raise HeadError(f"FEClipConfig.{name}={value!r}: expected one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -87,7 +88,7 @@ class FEClipConfig:
         if isinstance(self.taps, str):
             _choice("taps", self.taps, TAP_PRESETS)
         elif not (hasattr(self.taps, "__iter__") and all(_is_int(t) for t in self.taps)):
-            raise FEClipError(
+            raise HeadError(
                 f"FEClipConfig.taps={self.taps!r}: expected a preset name or a list of block indices"
             )
         else:
@@ -110,7 +111,7 @@ class FEClipConfig:
             ),
         ):
             if not ok:
-                raise FEClipError(f"FEClipConfig.{name}={getattr(self, name)!r}: expected {expected}")
+                raise HeadError(f"FEClipConfig.{name}={getattr(self, name)!r}: expected {expected}")
 
 
 def resolve_taps(taps: str | list[int], n_taps: int, num_blocks: int) -> list[int]:
@@ -118,7 +119,7 @@ def resolve_taps(taps: str | list[int], n_taps: int, num_blocks: int) -> list[in
     L = num_blocks
     if isinstance(taps, str):
         if taps in ("groups", "linspace") and n_taps > L:
-            raise FEClipError(f"FEClipConfig.n_taps={n_taps}: taps={taps!r} needs n_taps <= {L} blocks")
+            raise HeadError(f"FEClipConfig.n_taps={n_taps}: taps={taps!r} needs n_taps <= {L} blocks")
         if taps == "groups":
             return [(i + 1) * L // n_taps - 1 for i in range(n_taps)]
         if taps == "last4":
@@ -137,7 +138,7 @@ def resolve_taps(taps: str | list[int], n_taps: int, num_blocks: int) -> list[in
         taps and all(0 <= t < L for t in taps) and all(a < b for a, b in zip(taps, taps[1:], strict=False))
     )
     if not valid:
-        raise FEClipError(
+        raise HeadError(
             f"FEClipConfig.taps={taps}: expected a non-empty, strictly increasing list of block indices "
             f"in [0, {L - 1}]"
         )
@@ -194,7 +195,7 @@ class FEClip(nn.Module):
     ) -> None:
         super().__init__()
         if tuple(text_features.shape) != (2, backbone.embed_dim):
-            raise FEClipError(
+            raise HeadError(
                 f"text_features of shape {tuple(text_features.shape)}, expected (2, {backbone.embed_dim}) "
                 "[normal, abnormal]"
             )
@@ -242,7 +243,7 @@ class FEClip(nn.Module):
         gh, gw = self.backbone.grid_size(image_size)
         expected = (1 + gh * gw, self.backbone.width)
         if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected:
-            raise FEClipError(
+            raise HeadError(
                 f"tokens of shape {tuple(tokens.shape)}, expected (B, {expected[0]}, {expected[1]})"
             )
         if self.input_size is None:

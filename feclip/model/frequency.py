@@ -14,10 +14,12 @@ import math
 import torch
 from torch import nn
 
+from feclip.errors import FeclipError
+
 TRANSFORMS = ("dct", "fft")
 
 
-class FrequencyError(ValueError):
+class FrequencyError(FeclipError):
     """A transform kind or window size is invalid."""
 
 

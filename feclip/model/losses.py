@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import torch
 
+from feclip.errors import FeclipError
 from feclip.model.feclip import FEClipOutput
 
 PROB_FLOOR = 1e-12  # log(p) uses max(p, 1e-12): finite loss and gradients when a probability rounds to 0 or 1
 
 
-class LossError(ValueError):
+class LossError(FeclipError):
     """Loss inputs of inconsistent shapes."""
 
 

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from feclip.errors import FeclipError
 from feclip.model.backbone import ClipBackbone
 
 PAPER_NORMAL = ("A photo of a normal object",)
 PAPER_ABNORMAL = ("A photo of a damaged object",)
 
 
-class PromptError(ValueError):
+class PromptError(FeclipError):
     """A prompt list or template is invalid."""
 
 
