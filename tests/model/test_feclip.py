@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from feclip.model.backbone import ClipBackbone
-from feclip.model.feclip import FEClip, FEClipConfig, FEClipError, gaussian_smooth, resolve_taps
+from feclip.model.feclip import FEClip, FEClipConfig, HeadError, gaussian_smooth, resolve_taps
 from feclip.model.prompts import text_features
 
 from .test_backbone import block_outputs
@@ -51,7 +51,7 @@ def test_tap_rules(taps, n_taps, blocks, expected):
 
 @pytest.mark.parametrize("taps", [[3, 1], [1, 1], [0, 4], [-1, 2], []])
 def test_bad_tap_lists_raise(taps):
-    with pytest.raises(FEClipError, match=r"strictly increasing list of block indices in \[0, 3\]"):
+    with pytest.raises(HeadError, match=r"strictly increasing list of block indices in \[0, 3\]"):
         resolve_taps(taps, 4, 4)
 
 
@@ -198,7 +198,7 @@ def test_split_forward_is_exact(backbone, text):
         split = net.forward_from_tokens(net.pre_tap_tokens(images), (112, 336))
     for name in ("score", "map", "tap_scores", "tap_maps", "cls_embedding"):
         assert torch.equal(getattr(full, name), getattr(split, name)), name
-    with pytest.raises(FEClipError, match=r"expected \(B, 148, 64\)"):
+    with pytest.raises(HeadError, match=r"expected \(B, 148, 64\)"):
         net.forward_from_tokens(torch.zeros(2, 197, 64), (112, 336))
 
 
@@ -237,5 +237,5 @@ def test_bf16_autocast_runs_with_fp32_head(backbone, text):
 
 
 def test_bad_text_features_raise(backbone):
-    with pytest.raises(FEClipError, match=r"expected \(2, 32\)"):
+    with pytest.raises(HeadError, match=r"expected \(2, 32\)"):
         FEClip(backbone, FEClipConfig(), torch.zeros(3, 32))
