@@ -3,12 +3,26 @@
 - `FFE` (frequency-aware feature extraction): non-overlapping Ph x Pw windows (replicate-padded to a multiple,
   cropped back), window transform, one Linear(D, D) + GELU on the channel axis shared by every coefficient and
   window (FFT: the same Linear on the real and on the imaginary parts), inverse transform.
-- `LFS` (local frequency statistics): stride-1 Qh x Qw windows (replicate padding, output grid = input grid),
-  window transform, one statistic over the window's coefficients (`mean` signed as in the paper, `abs`, or
-  `energy` = mean of squares; FFT: the statistic of the real part plus that of the imaginary part), then
-  Conv2d(D, D, k, padding 'same') + GELU.
+- `LFS` (local frequency statistics): stride-1 Qh x Qw windows (replicate padding (Q-1)//2 before, Q//2
+  after; output grid = input grid), window transform, one statistic of `LFS_STATISTICS` over the window's
+  coefficients (FFT: the statistic of the real part plus that of the imaginary part), then
+  Conv2d(D, D, k, 'same') + GELU.
 - `ConvAdapter`: Conv2d(D, D, k) + GELU, the paper's plain adapter ablation.
 - `TapAdapter`: the fusion of Eq. 2, lam * sum(branches) + (1 - lam) * grid; no branches = identity.
+
+What the LFS statistics compute (exact identities, pinned by the tests):
+- `mean` (the paper's, signed) is linear, hence a fixed depthwise filter w = sum_p (1^T B_p) / (Qh Qw) over
+  the window (`WindowTransform.mean_filter`); separable: w = sum_p a_h a_w^T / (Qh Qw), a = B^T 1 per axis.
+  DCT 3x3: a = (1.6927, -0.2391, 0.2785), w = a a^T / 9, the up-left neighbour x(i-1, j-1) weighs
+  a_0^2 / 9 = (1/sqrt3 + 1/sqrt2 + 1/sqrt6)^2 / 9 = 0.318361 of a total 1/3 (95.5 %); DCT 1x5: 0.4255 on
+  x(i, j-2), two tokens to the left, of a total 1/sqrt5. DFT: exactly x(i-1, j-1) / 3 (3x3), x(i, j-2) / sqrt5
+  (1x5), i.e. a shifted grid: a window's mean DFT coefficient is its first sample over sqrt(Qh Qw).
+- `energy` (mean of squared coefficients) is, by Parseval, a box filter of x^2 / (Qh Qw) for every orthonormal
+  transform: the DCT and the DFT compute the same numbers.
+- `abs` (mean of absolute coefficients) is the only one that needs the transform itself and differs between
+  DCT and FFT.
+`mean` and `energy` run as their filters on the padded grid (`energy` only for an orthonormal transform);
+`frequency_statistic(grid, fast=False)` forces the unfold + transform path they are tested against.
 
 Everything is batched (reshape / unfold / einsum / conv) and runs in float32 with autocast off; outputs are
 float32 (B, gh, gw, D).
@@ -16,23 +30,65 @@ float32 (B, gh, gw, D).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from feclip.errors import FeclipError
-from feclip.model.frequency import check_window, make_transform
-
-LFS_STATISTICS = ("mean", "abs", "energy")
+from feclip.model.frequency import TRANSFORMS, WindowTransform, check_window
+from feclip.registry import Registry
 
 
 class AdapterError(FeclipError):
     """An adapter option or input shape is invalid."""
 
 
+@dataclass(frozen=True)
+class Statistic:
+    """One LFS statistic: the mean over the window's coefficients (summed over parts) of `pointwise(coeffs)`.
+
+    `fast(transform, maps (B, D, gh + Qh - 1, gw + Qw - 1)) -> (B, D, gh, gw)`, where set, computes the same
+    numbers from the padded grid without the transform; `fast_needs_orthonormal`: only for orthonormal ones.
+    """
+
+    pointwise: Callable[[torch.Tensor], torch.Tensor]
+    fast: Callable[[WindowTransform, torch.Tensor], torch.Tensor] | None = None
+    fast_needs_orthonormal: bool = False
+
+    def has_fast_path(self, transform: WindowTransform) -> bool:
+        return self.fast is not None and (transform.orthonormal or not self.fast_needs_orthonormal)
+
+
+def _mean_by_filter(transform: WindowTransform, maps: torch.Tensor) -> torch.Tensor:
+    """The signed mean as the depthwise filter `transform.mean_filter()`: (B, D, H, W) ->
+    (B, D, H - Qh + 1, W - Qw + 1)."""
+    weights = transform.mean_filter()
+    return F.conv2d(maps, weights.expand(maps.shape[1], 1, *weights.shape), groups=maps.shape[1])
+
+
+def _energy_by_box_filter(transform: WindowTransform, maps: torch.Tensor) -> torch.Tensor:
+    """Parseval: the mean squared coefficient is the window mean of x^2 (orthonormal transforms only):
+    (B, D, H, W) -> (B, D, H - Qh + 1, W - Qw + 1)."""
+    return F.avg_pool2d(maps.square(), transform.window, stride=1)
+
+
+LFS_STATISTICS: Registry[Statistic] = Registry("LFS statistic", key="freq.lfs.statistic")
+LFS_STATISTICS.register("mean", Statistic(torch.positive, _mean_by_filter))  # positive: the identity
+LFS_STATISTICS.register("abs", Statistic(torch.abs))
+LFS_STATISTICS.register("energy", Statistic(torch.square, _energy_by_box_filter, fast_needs_orthonormal=True))
+
+
 def _check_grid(grid: torch.Tensor, width: int, name: str) -> None:
     if grid.ndim != 4 or grid.shape[-1] != width:
         raise AdapterError(f"{name}: grid of shape {tuple(grid.shape)}, expected (B, gh, gw, {width})")
+
+
+def _check_kernel(kernel) -> None:
+    if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
+        raise AdapterError(f"lfs_kernel={kernel!r}: expected a positive integer")
 
 
 def replicate_pad(maps: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
@@ -45,11 +101,11 @@ def replicate_pad(maps: torch.Tensor, top: int, bottom: int, left: int, right: i
 class FFE(nn.Module):
     """Frequency-aware feature extraction on non-overlapping windows: (B, gh, gw, D) -> (B, gh, gw, D)."""
 
-    def __init__(self, width: int, window=(3, 3), freq: str = "dct") -> None:
+    def __init__(self, width: int, window=(3, 3), transform: str = "dct") -> None:
         super().__init__()
         self.width = width
         self.window = check_window(window, "ffe_window")
-        self.transform = make_transform(freq, self.window)
+        self.transform = TRANSFORMS.get_entry(transform)(self.window)
         self.linear = nn.Linear(width, width)
         self.act = nn.GELU()
 
@@ -75,35 +131,31 @@ class LFS(nn.Module):
     """Local frequency statistics on stride-1 windows, then Conv + GELU: (B, gh, gw, D) -> (B, gh, gw, D)."""
 
     def __init__(
-        self, width: int, window=(3, 3), statistic: str = "mean", kernel: int = 3, freq: str = "dct"
-    ):
+        self, width: int, window=(3, 3), statistic: str = "mean", kernel: int = 3, transform: str = "dct"
+    ) -> None:
         super().__init__()
-        if statistic not in LFS_STATISTICS:
-            raise AdapterError(f"lfs_statistic={statistic!r}: expected one of {', '.join(LFS_STATISTICS)}")
-        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
-            raise AdapterError(f"lfs_kernel={kernel!r}: expected a positive integer")
+        _check_kernel(kernel)
         self.width = width
         self.window = check_window(window, "lfs_window")
-        self.statistic = statistic
-        self.transform = make_transform(freq, self.window)
+        self.statistic = LFS_STATISTICS.get_entry(statistic)
+        self.transform = TRANSFORMS.get_entry(transform)(self.window)
         self.conv = nn.Conv2d(width, width, kernel, padding="same")
         self.act = nn.GELU()
 
-    def frequency_statistic(self, grid: torch.Tensor) -> torch.Tensor:
-        """grid: (B, gh, gw, D) -> the per-position statistic (B, D, gh, gw) float32 (before the conv)."""
+    def frequency_statistic(self, grid: torch.Tensor, *, fast: bool = True) -> torch.Tensor:
+        """grid: (B, gh, gw, D) -> the per-position statistic (B, D, gh, gw) float32 (before the conv); the
+        statistic's filter where it has one (`fast`), else unfold + transform + statistic."""
         _check_grid(grid, self.width, "LFS")
         qh, qw = self.window
         with torch.autocast(grid.device.type, enabled=False):
             maps = replicate_pad(
                 grid.float().permute(0, 3, 1, 2), (qh - 1) // 2, qh // 2, (qw - 1) // 2, qw // 2
             )
+            if fast and self.statistic.has_fast_path(self.transform):
+                return self.statistic.fast(self.transform, maps)
             # (B, D, gh, gw, qh, qw) sliding windows -> channels last (B, gh, gw, qh, qw, D)
             windows = maps.unfold(2, qh, 1).unfold(3, qw, 1).permute(0, 2, 3, 4, 5, 1)
-            coeffs = self.transform(windows)  # (parts, B, gh, gw, qh, qw, D)
-            if self.statistic == "abs":
-                coeffs = coeffs.abs()
-            elif self.statistic == "energy":
-                coeffs = coeffs.square()
+            coeffs = self.statistic.pointwise(self.transform(windows))  # (parts, B, gh, gw, qh, qw, D)
             return coeffs.mean(dim=(-3, -2)).sum(0).permute(0, 3, 1, 2)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
@@ -117,8 +169,7 @@ class ConvAdapter(nn.Module):
 
     def __init__(self, width: int, kernel: int = 3) -> None:
         super().__init__()
-        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 1:
-            raise AdapterError(f"lfs_kernel={kernel!r}: expected a positive integer")
+        _check_kernel(kernel)
         self.width = width
         self.conv = nn.Conv2d(width, width, kernel, padding="same")
         self.act = nn.GELU()

@@ -1,38 +1,63 @@
-"""Window-wise 2-D frequency transforms shared by the FFE and LFS adapters.
+"""Window-wise 2-D frequency transforms shared by the FFE and LFS adapters, all as basis matrices.
 
-Both adapters see a transform through one small interface (`make_transform(kind, window)`):
-`forward(x: (..., h, w, C)) -> (parts, ..., h, w, C)` real coefficient tensors and `inverse` back, where the
-window axes (h, w) sit just before the channel axis C and `parts` is 1 for the DCT (real coefficients) and 2
-for the FFT (real and imaginary parts). Both are orthonormal, so the round trip is exact up to float error.
-The transforms always run in float32 with autocast off (adapter statistics in fp32 under bf16 autocast).
+A `WindowTransform` is a real linear map of (h, w) windows given by its basis (parts, h*w, h*w):
+`forward(x: (..., h, w, C)) -> (parts, ..., h, w, C)` real coefficients, `inverse` back, with the window axes
+(h, w) just before the channel axis C. The registered transforms are separable and orthonormal:
+
+- `dct`: orthonormal DCT-II, parts = 1;
+- `fft`: orthonormal DFT (torch.fft's norm='ortho'), parts = 2: the real (cos) and imaginary (-sin) parts of
+  the spectrum, so `inverse` is the real part of the inverse DFT of real + i imaginary (paper Table 4).
+
+A transform knows whether it is orthonormal (checked from its basis: the stacked basis B of (parts*h*w, h*w)
+has BᵀB = I, Parseval); `inverse` is the pseudo-inverse of the stacked basis (Bᵀ when orthonormal), exact for
+any full-rank basis. Registering another separable transform takes its 1-D basis only:
+
+    TRANSFORMS.register("haar", WindowTransform.from_basis(haar_matrix))   # haar_matrix(n) -> (n, n)
+
+A 1-D basis is real (parts = 1) or complex (parts = 2, real and imaginary parts of the 2-D basis). The
+transforms always run in float32 with autocast off (adapter statistics in fp32 under bf16 autocast).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
 from feclip.errors import FeclipError
-
-TRANSFORMS = ("dct", "fft")
+from feclip.registry import Registry
 
 
 class FrequencyError(FeclipError):
-    """A transform kind or window size is invalid."""
+    """A transform basis or window size is invalid."""
+
+
+def _check_size(n: int, name: str) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise FrequencyError(f"{name} size {n!r}: expected a positive integer")
 
 
 def dct_matrix(n: int) -> torch.Tensor:
     """Orthonormal DCT-II basis (n, n) float64: C[k, i] = s_k cos(pi (2i + 1) k / 2n), s_0 = 1/sqrt(n), else
     s_k = sqrt(2/n)."""
-    if not isinstance(n, int) or n < 1:
-        raise FrequencyError(f"DCT size {n!r}: expected a positive integer")
+    _check_size(n, "DCT")
     k = torch.arange(n, dtype=torch.float64)[:, None]
     i = torch.arange(n, dtype=torch.float64)[None, :]
     basis = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
     basis[0] = 1.0 / math.sqrt(n)
     return basis
+
+
+def dft_matrix(n: int) -> torch.Tensor:
+    """Orthonormal DFT basis (n, n) complex128: F[k, i] = (cos(2 pi k i / n) - i sin(2 pi k i / n)) / sqrt n,
+    torch.fft's norm='ortho'."""
+    _check_size(n, "DFT")
+    k = torch.arange(n, dtype=torch.float64)
+    angle = 2 * math.pi * (torch.outer(k, k) % n) / n  # k i mod n keeps the angles small and exact
+    return torch.complex(torch.cos(angle), -torch.sin(angle)) / math.sqrt(n)
 
 
 def check_window(window, name: str = "window") -> tuple[int, int]:
@@ -43,72 +68,69 @@ def check_window(window, name: str = "window") -> tuple[int, int]:
     return pair
 
 
-class _Transform2d(nn.Module):
-    """Separable 2-D transform over the window axes of channels-last windows (..., h, w, C)."""
+class WindowTransform(nn.Module):
+    """Linear transform of channels-last windows (..., h, w, C) by a real basis (parts, h*w, h*w):
+    coefficient (p, k) = sum_n basis[p, k, n] x[n], n and k the row-major flattened window positions."""
 
-    parts: int
-
-    def __init__(self, window) -> None:
+    def __init__(self, basis: torch.Tensor, window) -> None:
         super().__init__()
         self.window = check_window(window)
+        size = self.window[0] * self.window[1]
+        if basis.ndim != 3 or basis.is_complex() or tuple(basis.shape[1:]) != (size, size):
+            raise FrequencyError(
+                f"basis of shape {tuple(basis.shape)} {basis.dtype}: expected real (parts, {size}, {size})"
+            )
+        stacked = basis.double().reshape(-1, size)  # (parts * h * w, h * w)
+        if torch.linalg.matrix_rank(stacked) < size:
+            raise FrequencyError(f"basis for window {self.window} is not invertible")
+        self.parts = basis.shape[0]
+        identity = torch.eye(size, dtype=torch.float64)
+        self.orthonormal = torch.allclose(stacked.T @ stacked, identity, atol=1e-9)
+        inverse = torch.linalg.pinv(stacked).reshape(size, self.parts, size).permute(1, 0, 2)
+        self.register_buffer("basis", basis.float(), persistent=False)
+        self.register_buffer("inverse_basis", inverse.float().contiguous(), persistent=False)
 
-    def _check(self, x: torch.Tensor, dims: tuple[int, int]) -> None:
-        if tuple(x.shape[dims[0] : dims[1]]) != self.window:
-            found = tuple(x.shape[dims[0] : dims[1]])
-            raise FrequencyError(f"{type(self).__name__}: window axes {found}, expected {self.window}")
+    @classmethod
+    def separable(cls, basis_1d: Callable[[int], torch.Tensor], window) -> WindowTransform:
+        """The 2-D transform of windows (h, w) with basis_1d(h) on the rows and basis_1d(w) on the columns; a
+        complex 1-D basis gives parts = 2, the real and imaginary parts of the 2-D basis."""
+        h, w = check_window(window)
+        basis = torch.kron(basis_1d(h), basis_1d(w))  # [k * w + l, i * w + j] = B_h[k, i] B_w[l, j]
+        return cls(torch.stack([basis.real, basis.imag] if basis.is_complex() else [basis]), (h, w))
 
+    @classmethod
+    def from_basis(cls, basis_1d: Callable[[int], torch.Tensor]) -> Callable[..., WindowTransform]:
+        """The registry entry of a separable transform: window -> WindowTransform (see `separable`)."""
+        return partial(cls.separable, basis_1d)
 
-class DCT2d(_Transform2d):
-    """Orthonormal separable 2-D DCT-II as basis matrices: c = C_h x C_w^T per channel; parts = 1."""
+    def mean_filter(self) -> torch.Tensor:
+        """The (h, w) weights of the window's mean coefficient summed over parts: sum_pk basis[p, k] / (h w),
+        so that mean_k sum_p coefficient(p, k) = sum_ij weights[i, j] x[i, j]."""
+        return self.basis.sum(dim=(0, 1)).reshape(self.window) / self.basis.shape[-1]
 
-    parts = 1
-
-    def __init__(self, window) -> None:
-        super().__init__(window)
-        self.register_buffer("basis_h", dct_matrix(self.window[0]).float(), persistent=False)
-        self.register_buffer("basis_w", dct_matrix(self.window[1]).float(), persistent=False)
+    def _check(self, x: torch.Tensor, parts: int | None = None) -> None:
+        found = tuple(x.shape[-3:-1])
+        if found != self.window or (parts is not None and x.shape[0] != parts):
+            raise FrequencyError(
+                f"{type(self).__name__}: window axes {found} of {tuple(x.shape)}, expected {self.window}"
+                + ("" if parts is None else f" and {parts} parts first")
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., h, w, C) -> coefficients (1, ..., h, w, C) float32."""
-        self._check(x, (-3, -1))
+        """x: (..., h, w, C) -> coefficients (parts, ..., h, w, C) float32."""
+        self._check(x)
         with torch.autocast(x.device.type, enabled=False):
-            return torch.einsum("ki,lj,...ijc->...klc", self.basis_h, self.basis_w, x.float())[None]
+            flat = x.float().flatten(-3, -2)  # (..., h*w, C)
+            return torch.einsum("pkn,...nc->p...kc", self.basis, flat).unflatten(-2, self.window)
 
     def inverse(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """coeffs: (1, ..., h, w, C) -> (..., h, w, C) float32 (C_h^T c C_w)."""
-        self._check(coeffs, (-3, -1))
+        """coeffs: (parts, ..., h, w, C) -> (..., h, w, C) float32."""
+        self._check(coeffs, self.parts)
         with torch.autocast(coeffs.device.type, enabled=False):
-            return torch.einsum("ki,lj,...klc->...ijc", self.basis_h, self.basis_w, coeffs[0].float())
+            flat = coeffs.float().flatten(-3, -2)  # (parts, ..., h*w, C)
+            return torch.einsum("pnk,p...kc->...nc", self.inverse_basis, flat).unflatten(-2, self.window)
 
 
-class FFT2d(_Transform2d):
-    """Orthonormal 2-D DFT (torch.fft, norm='ortho'); parts = 2: real and imaginary parts.
-
-    `inverse` keeps the real part of the inverse DFT: exact for the spectrum of a real input, and the natural
-    real projection after the parts were processed separately (paper Table 4).
-    """
-
-    parts = 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., h, w, C) -> (2, ..., h, w, C) float32 [real, imaginary]."""
-        self._check(x, (-3, -1))
-        with torch.autocast(x.device.type, enabled=False):
-            spectrum = torch.fft.fft2(x.float(), dim=(-3, -2), norm="ortho")
-        return torch.stack([spectrum.real, spectrum.imag])
-
-    def inverse(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """coeffs: (2, ..., h, w, C) [real, imaginary] -> (..., h, w, C) float32."""
-        self._check(coeffs, (-3, -1))
-        with torch.autocast(coeffs.device.type, enabled=False):
-            spectrum = torch.complex(coeffs[0].float(), coeffs[1].float())
-            return torch.fft.ifft2(spectrum, dim=(-3, -2), norm="ortho").real
-
-
-def make_transform(kind: str, window) -> DCT2d | FFT2d:
-    """The window transform `kind` ('dct' | 'fft') for windows (h, w)."""
-    if kind == "dct":
-        return DCT2d(window)
-    if kind == "fft":
-        return FFT2d(window)
-    raise FrequencyError(f"freq={kind!r}: expected one of {', '.join(TRANSFORMS)}")
+TRANSFORMS: Registry[Callable[..., WindowTransform]] = Registry("frequency transform", key="freq.transform")
+TRANSFORMS.register("dct", WindowTransform.from_basis(dct_matrix))
+TRANSFORMS.register("fft", WindowTransform.from_basis(dft_matrix))
