@@ -86,9 +86,9 @@ class WindowTransform(nn.Module):
         self.parts = basis.shape[0]
         identity = torch.eye(size, dtype=torch.float64)
         self.orthonormal = torch.allclose(stacked.T @ stacked, identity, atol=1e-9)
-        inverse = torch.linalg.pinv(stacked).reshape(size, self.parts, size).permute(1, 0, 2)
         self.register_buffer("basis", basis.float(), persistent=False)
-        self.register_buffer("inverse_basis", inverse.float().contiguous(), persistent=False)
+        # (h*w, parts*h*w): x = inverse_basis @ stacked coefficients (= stacked basis^T when orthonormal)
+        self.register_buffer("inverse_basis", torch.linalg.pinv(stacked).float(), persistent=False)
 
     @classmethod
     def separable(cls, basis_1d: Callable[[int], torch.Tensor], window) -> WindowTransform:
@@ -117,18 +117,21 @@ class WindowTransform(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., h, w, C) -> coefficients (parts, ..., h, w, C) float32."""
+        """x: (..., h, w, C) -> coefficients (parts, ..., h, w, C) float32 (a view of one matrix product with
+        the window axes first)."""
         self._check(x)
         with torch.autocast(x.device.type, enabled=False):
-            flat = x.float().flatten(-3, -2)  # (..., h*w, C)
-            return torch.einsum("pkn,...nc->p...kc", self.basis, flat).unflatten(-2, self.window)
+            front = x.float().movedim((-3, -2), (0, 1))  # (h, w, ..., C)
+            coeffs = self.basis.flatten(0, 1) @ front.flatten(0, 1).flatten(1)  # (parts*h*w, ...*C)
+            return coeffs.view(self.parts, *front.shape).movedim((1, 2), (-3, -2))
 
     def inverse(self, coeffs: torch.Tensor) -> torch.Tensor:
         """coeffs: (parts, ..., h, w, C) -> (..., h, w, C) float32."""
         self._check(coeffs, self.parts)
         with torch.autocast(coeffs.device.type, enabled=False):
-            flat = coeffs.float().flatten(-3, -2)  # (parts, ..., h*w, C)
-            return torch.einsum("pnk,p...kc->...nc", self.inverse_basis, flat).unflatten(-2, self.window)
+            front = coeffs.float().movedim((-3, -2), (1, 2))  # (parts, h, w, ..., C)
+            x = self.inverse_basis @ front.flatten(0, 2).flatten(1)  # (h*w, ...*C)
+            return x.view(front.shape[1:]).movedim((0, 1), (-3, -2))
 
 
 TRANSFORMS: Registry[Callable[..., WindowTransform]] = Registry("frequency transform", key="freq.transform")
