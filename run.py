@@ -9,16 +9,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from feclip.runner import is_user_error, main
+from feclip.errors import FeclipError
+from feclip.jobs.run import main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def entry(cfg: DictConfig) -> float | None:
     try:
         return main(cfg)
-    except Exception as error:
-        if not is_user_error(error):
-            raise
+    except FeclipError as error:
         print(f"feclip: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

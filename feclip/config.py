@@ -11,34 +11,48 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from feclip.condition.banks import CONTEXTS, SOURCES
+from feclip.condition.gates import GATES, SOFT_BASES
+from feclip.data.benchmarks import GEOMETRIES
+from feclip.data.hdmap import DOMAINS
+from feclip.data.sources import AUX_SOURCES
+from feclip.data.transforms import INTENSITIES, RESIZES
 from feclip.errors import FeclipError
+from feclip.jobs.registry import MODES, PROTOCOLS
+from feclip.methods.registry import METHODS
+from feclip.model.adapters import LFS_STATISTICS
+from feclip.model.feclip import MAPS, SCORES, TAP_PRESETS
+from feclip.model.frequency import TRANSFORMS
+from feclip.registry import Registry
+from feclip.runtime import CACHE_MODES, DEVICES, PRECISIONS
 
 
 class ConfigError(FeclipError):
     """A config value is invalid; the message names the key and what was expected."""
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": ("train_eval", "predict"),
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "fp32", "bf16"),
-    "domain.name": ("A", "B", "C", "D"),
-    "data.resize": ("bilinear", "nearest", "bicubic"),
-    "data.intensity": ("raw", "fixed_scale", "per_image_minmax"),
-    "freq.transform": ("dct", "fft"),
-    "freq.lfs.statistic": ("mean", "abs", "energy"),
-    "model.score": ("cls", "cls+max_map"),
-    "model.map": ("prob", "logit_margin"),
-    "aux.source": ("synthetic_faults", "hdmap_other_domains", "none", "mvtec", "visa"),
-    "eval.protocol": ("hdmap", "benchmark"),
-    "train.token_cache": ("disk", "memory", "off"),
-    "fewshot.source": ("train", "test_extremes"),
-    "fewshot.context": ("none", "mean_k", "multi_k"),
-    "gating.name": ("none", "oracle", "p90", "clip_sim", "random", "soft"),
-    "eval.calibration.operating_point": ("p99", "p99.5", "p99.9"),
-    "aux.geometry": ("squash", "shorter_side_center_crop"),
-}
-TAP_PRESETS = ("groups", "last4", "spread3", "linspace")
+REGISTRIES = (
+    DEVICES,
+    PRECISIONS,
+    CACHE_MODES,
+    MODES,
+    PROTOCOLS,
+    METHODS,
+    DOMAINS,
+    RESIZES,
+    INTENSITIES,
+    GEOMETRIES,
+    AUX_SOURCES,
+    TRANSFORMS,
+    LFS_STATISTICS,
+    SCORES,
+    MAPS,
+    SOURCES,
+    CONTEXTS,
+    GATES,
+    SOFT_BASES,
+)
+CHOICES: dict[str, Registry] = {registry.key: registry for registry in REGISTRIES}
 
 
 def _positive_int(value: Any) -> bool:
@@ -80,8 +94,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _check(key: str, value: Any) -> None:
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key}={value!r} is not allowed; expected one of: {', '.join(CHOICES[key])}")
+    if key in CHOICES:
+        CHOICES[key].get_entry(value, key)
     if key in CHECKS and not CHECKS[key][0](value):
         raise ConfigError(f"{key}={value!r} is not allowed; expected {CHECKS[key][1]}")
 
@@ -96,7 +110,33 @@ def validate(cfg: DictConfig) -> None:
             f"gating={cfg.gating.name} chooses between reference banks, but fewshot.k=0 builds none; "
             "set fewshot.k>0 (e.g. fewshot=k4)"
         )
+    _check_calibration(cfg)
     if cfg.mode == "predict" and not cfg.model.checkpoint:
         raise ConfigError("mode=predict needs model.checkpoint=<checkpoint directory>")
     if cfg.mode == "predict" and not cfg.predict.input:
         raise ConfigError("mode=predict needs predict.input=<folder or glob of TIFFs>")
+
+
+def _check_calibration(cfg: DictConfig) -> None:
+    """eval.calibration: percentiles in (0, 100) and an operating point among them (p<percentile>)."""
+    calibration = OmegaConf.select(cfg, "eval.calibration", default=None)
+    if calibration is None:
+        return
+    percentiles = calibration.percentiles
+    if not _numbers(percentiles) or not percentiles or not all(0 < p < 100 for p in percentiles):
+        raise ConfigError(
+            f"eval.calibration.percentiles={list(percentiles)!r} is not allowed; "
+            "expected a non-empty list of numbers in (0, 100)"
+        )
+    points = [f"p{p:g}" for p in percentiles]
+    if calibration.operating_point not in points:
+        raise ConfigError(
+            f"eval.calibration.operating_point={calibration.operating_point!r} is not allowed; "
+            f"expected one of the percentiles: {', '.join(points)}"
+        )
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, (list, ListConfig)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    )

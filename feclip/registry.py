@@ -74,6 +74,11 @@ class Registry(Mapping[str, T], Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def index(self, name: str) -> int:
+        """Position of `name` in registration order (a stable small integer, e.g. for seeding streams)."""
+        self.get_entry(name)
+        return self.names.index(name)
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)

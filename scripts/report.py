@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from feclip import tracking
-from feclip.report import build_report
+from feclip.tracking.report import build_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,23 +1,20 @@
 """Every config of every group composes and validates; bad values and typos fail before any work."""
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import CONF, compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from feclip.config import ConfigError, validate
+from feclip.errors import FeclipError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
 # a gate needs reference banks to choose between
 NEEDS = {"gating": ["fewshot=k1"]}
 
 
 def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    return compose(*overrides, hydra=True)
 
 
 def _options(group: str) -> list[str]:
@@ -71,7 +68,7 @@ def test_horizontal_preset_uses_horizontal_windows_and_context():
 )
 def test_invalid_values_name_the_key_and_the_allowed_values(override, key):
     cfg = _compose([override])
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+    with pytest.raises(FeclipError, match=key.replace(".", r"\.")) as error:
         validate(cfg)
     assert "expected" in str(error.value) and "\n" not in str(error.value)
 

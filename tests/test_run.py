@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server  # noqa: F401
 
-from feclip.report import collect_runs, variant_domain_table
+from feclip.tracking.report import collect_runs, variant_domain_table
 
 ROOT = Path(__file__).resolve().parents[1]
 HDMAP_METRICS = (

@@ -14,6 +14,7 @@ Masks get the same geometry with nearest resampling. `list_benchmark` lists and 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from feclip.errors import FeclipError
+from feclip.registry import Registry, choices
 
 MVTEC_CATEGORIES = (
     "bottle",
@@ -58,15 +60,15 @@ VISA_CATEGORIES = (
     "pipe_fryum",
 )
 BTAD_CATEGORIES = ("01", "02", "03")
-CATEGORIES = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES, "btad": BTAD_CATEGORIES}
-GEOMETRIES = ("squash", "shorter_side_center_crop")
-LAYOUTS = {
-    "mvtec": "<root>/<category>/test/<defect>/*.png with masks <root>/<category>/ground_truth/<defect>/"
-    "<stem>_mask.png (none for good)",
-    "visa": "<root>/split_csv/1cls.csv with columns object, split, label, image, mask "
-    "(paths relative to <root>)",
-    "btad": "<root>/<01|02|03>/test/{ok,ko}/*.bmp|png with masks <root>/<NN>/ground_truth/ko/<stem>.png|bmp",
-}
+GEOMETRIES = choices("image geometry", "aux.geometry", ("squash", "shorter_side_center_crop"))
+MVTEC_LAYOUT = (
+    "<root>/<category>/test/<defect>/*.png with masks <root>/<category>/ground_truth/<defect>/"
+    "<stem>_mask.png (none for good)"
+)
+VISA_LAYOUT = (
+    "<root>/split_csv/1cls.csv with columns object, split, label, image, mask (paths relative to <root>)"
+)
+BTAD_LAYOUT = "<root>/<01|02|03>/test/{ok,ko}/*.bmp|png with masks <root>/<NN>/ground_truth/ko/<stem>.png|bmp"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 BTAD_SUFFIXES = (".bmp", ".png")
 BTAD_MASK_SUFFIXES = (".png", ".bmp")
@@ -111,20 +113,18 @@ def list_benchmark(
 
 def _listing(name: str, root, geometry: str, categories) -> pd.DataFrame:
     """Validated arguments -> one row per test image: META_COLUMNS + mask_path ("" for good images)."""
-    if name not in CATEGORIES:
-        raise BenchmarkError(f"unknown benchmark {name!r}; expected one of: {', '.join(CATEGORIES)}")
-    if geometry not in GEOMETRIES:
-        raise BenchmarkError(f"unknown geometry {geometry!r}; expected one of: {', '.join(GEOMETRIES)}")
+    benchmark = BENCHMARKS.get_entry(name, key="benchmark")
+    GEOMETRIES.get_entry(geometry, key="geometry")
     root = Path(root)
     if not root.is_dir():
-        raise BenchmarkError(f"{name} root {root} is not a directory; expected {LAYOUTS[name]}")
+        raise BenchmarkError(f"{name} root {root} is not a directory; expected {benchmark.layout}")
     if categories is not None:
-        unknown = [c for c in categories if c not in CATEGORIES[name]]
+        unknown = [c for c in categories if c not in benchmark.categories]
         if unknown:
             raise BenchmarkError(
-                f"unknown {name} categories {unknown}; expected some of: {', '.join(CATEGORIES[name])}"
+                f"unknown {name} categories {unknown}; expected some of: {', '.join(benchmark.categories)}"
             )
-    return {"mvtec": _list_mvtec, "visa": _list_visa, "btad": _list_btad}[name](root, categories)
+    return benchmark.lister(root, categories)
 
 
 def _size(size) -> tuple[int, int]:
@@ -147,19 +147,21 @@ def _row(name: str, category: str, defect: str, image: Path, mask: Path | None) 
 
 def _present(name: str, root: Path, categories, folder: str) -> list[str]:
     """Requested categories (default: known ones present) whose `<root>/<category>/<folder>` exists."""
-    wanted = list(categories) if categories is not None else list(CATEGORIES[name])
+    wanted = list(categories) if categories is not None else list(BENCHMARKS[name].categories)
     present = [c for c in wanted if (root / c / folder).is_dir()]
     missing = [c for c in wanted if c not in present]
     if not present or (categories is not None and missing):
         first = root / (missing or wanted)[0] / folder
-        raise BenchmarkError(f"no {name} category folder {first}; expected {LAYOUTS[name]}")
+        raise BenchmarkError(f"no {name} category folder {first}; expected {BENCHMARKS[name].layout}")
     return present
 
 
 def _files(folder: Path, suffixes: tuple[str, ...], name: str) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise BenchmarkError(f"no {'/'.join(suffixes)} images in {folder}; expected {LAYOUTS[name]}")
+        raise BenchmarkError(
+            f"no {'/'.join(suffixes)} images in {folder}; expected {BENCHMARKS[name].layout}"
+        )
     return files
 
 
@@ -168,7 +170,7 @@ def _existing_mask(candidates: list[Path], image: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise BenchmarkError(
-        f"missing mask {candidates[0]} for anomalous image {image}; expected {LAYOUTS[name]}"
+        f"missing mask {candidates[0]} for anomalous image {image}; expected {BENCHMARKS[name].layout}"
     )
 
 
@@ -177,9 +179,7 @@ def _list_mvtec(root: Path, categories) -> pd.DataFrame:
     for category in _present("mvtec", root, categories, "test"):
         defects = sorted(p.name for p in (root / category / "test").iterdir() if p.is_dir())
         if not defects:
-            raise BenchmarkError(
-                f"no defect folders in {root / category / 'test'}; expected {LAYOUTS['mvtec']}"
-            )
+            raise BenchmarkError(f"no defect folders in {root / category / 'test'}; expected {MVTEC_LAYOUT}")
         for defect in defects:
             for image in _files(root / category / "test" / defect, (".png",), "mvtec"):
                 mask = None
@@ -193,11 +193,11 @@ def _list_mvtec(root: Path, categories) -> pd.DataFrame:
 def _list_visa(root: Path, categories) -> pd.DataFrame:
     csv = root / "split_csv" / "1cls.csv"
     if not csv.is_file():
-        raise BenchmarkError(f"missing VisA split file {csv}; expected {LAYOUTS['visa']}")
+        raise BenchmarkError(f"missing VisA split file {csv}; expected {VISA_LAYOUT}")
     table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     missing = [c for c in VISA_COLUMNS if c not in table.columns]
     if missing:
-        raise BenchmarkError(f"{csv} lacks columns {missing}; expected {LAYOUTS['visa']}")
+        raise BenchmarkError(f"{csv} lacks columns {missing}; expected {VISA_LAYOUT}")
     test = table[table["split"] == "test"]
     bad_labels = sorted(set(test["label"]) - {"normal", "anomaly"})
     if bad_labels:
@@ -206,13 +206,13 @@ def _list_visa(root: Path, categories) -> pd.DataFrame:
     absent = [c for c in objects if c not in set(test["object"])]
     if not objects or absent:
         raise BenchmarkError(
-            f"no test rows of VisA objects {absent or objects} in {csv}; expected {LAYOUTS['visa']}"
+            f"no test rows of VisA objects {absent or objects} in {csv}; expected {VISA_LAYOUT}"
         )
     rows = []
     for record in test[test["object"].isin(objects)].sort_values(["object", "label", "image"]).itertuples():
         image = root / record.image
         if not image.is_file():
-            raise BenchmarkError(f"missing VisA image {image} (listed in {csv}); expected {LAYOUTS['visa']}")
+            raise BenchmarkError(f"missing VisA image {image} (listed in {csv}); expected {VISA_LAYOUT}")
         mask = None
         if record.label == "anomaly":
             if not record.mask:
@@ -296,3 +296,40 @@ def _geometry(image: Image.Image, size: tuple[int, int], geometry: str, resample
     scaled_w, scaled_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
     left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
     return image.resize((scaled_w, scaled_h), resample).crop((left, top, left + width, top + height))
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark dataset: its categories, published layout, lister and, where the FE-CLIP paper reports
+    it, the paper's macro numbers in percent (image AUROC / AP, pixel AUROC / PRO; feclip_method.md §3)."""
+
+    categories: tuple[str, ...]
+    layout: str
+    lister: Callable[[Path, list[str] | None], pd.DataFrame]
+    paper: dict[str, float] | None = None
+
+
+BENCHMARKS: Registry[Benchmark] = Registry(
+    "benchmark dataset",
+    key="eval.datasets.N.name",
+    entries={
+        "mvtec": Benchmark(
+            MVTEC_CATEGORIES,
+            MVTEC_LAYOUT,
+            _list_mvtec,
+            {"image_auroc": 91.9, "image_ap": 96.5, "pixel_auroc": 92.6, "pro": 88.3},
+        ),
+        "visa": Benchmark(
+            VISA_CATEGORIES,
+            VISA_LAYOUT,
+            _list_visa,
+            {"image_auroc": 84.6, "image_ap": 86.6, "pixel_auroc": 95.9, "pro": 92.8},
+        ),
+        "btad": Benchmark(
+            BTAD_CATEGORIES,
+            BTAD_LAYOUT,
+            _list_btad,
+            {"image_auroc": 90.3, "image_ap": 90.0, "pixel_auroc": 95.6, "pro": 80.4},
+        ),
+    },
+)

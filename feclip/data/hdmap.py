@@ -23,8 +23,28 @@ import tifffile
 import torch
 
 from feclip.errors import FeclipError
+from feclip.registry import Registry
 
-DOMAINS = ("A", "B", "C", "D")
+
+@dataclass(frozen=True)
+class Domain:
+    """One HDMAP domain: its sensor, data type and the scaling maximum (raw units), hdmap.md section 1.2."""
+
+    sensor: str
+    data_type: str
+    user_max: float
+
+
+DOMAINS: Registry[Domain] = Registry(
+    "HDMAP domain",
+    key="domain.name",
+    entries={
+        "A": Domain("Class1/1", "3_TSA_DIF", 0.324670),
+        "B": Domain("Class1/1", "1_TSA_DIF", 1.324418),
+        "C": Domain("Class3/1", "3_TSA_DIF", 0.087341),
+        "D": Domain("Class3/1", "1_TSA_DIF", 0.418999),
+    },
+)
 FOLDERS = (("train", "good", 0), ("test", "good", 0), ("test", "fault", 1))  # (split, class folder, label)
 NAME = re.compile(r"[0-9]{6}")
 SPLITS = ("train", "test")
@@ -37,22 +57,37 @@ class HDMAPError(FeclipError):
 
 @dataclass(frozen=True)
 class HDMAPData:
+    """A job's images and everything known about them, row i describing images[i]: the metadata (META_COLUMNS
+    and, once scored, the prediction columns), pixel masks and anomaly maps. Subsets keep them together."""
+
     images: torch.Tensor  # (N, H, W) float32, raw values
-    meta: pd.DataFrame  # row i describes images[i]: META_COLUMNS
+    meta: pd.DataFrame  # META_COLUMNS (+ score, map_max, map_topk, gate columns after `with_predictions`)
     masks: torch.Tensor | None = None  # (N, H, W) uint8 {0, 1} if ground_truth/fault/ exists; 0 for good
+    maps: torch.Tensor | None = None  # (N, H, W) float32 anomaly maps at the native size, once scored
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, rows) -> HDMAPData:
-        """rows: bool mask (N,) or integer positions -> the selected images, meta re-indexed 0..n-1."""
+        """rows: bool mask (N,) or integer positions -> the selected rows of everything, meta re-indexed."""
         rows = np.asarray(rows)
         if rows.dtype == bool and rows.shape != (len(self),):
             raise HDMAPError(f"subset: bool mask of shape {rows.shape}, expected ({len(self)},)")
         positions = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
         index = torch.from_numpy(positions)
-        masks = None if self.masks is None else self.masks[index]
-        return HDMAPData(self.images[index], self.meta.iloc[positions].reset_index(drop=True), masks)
+        return HDMAPData(
+            self.images[index],
+            self.meta.iloc[positions].reset_index(drop=True),
+            None if self.masks is None else self.masks[index],
+            None if self.maps is None else self.maps[index],
+        )
+
+    def with_predictions(self, columns: dict[str, np.ndarray], maps: torch.Tensor) -> HDMAPData:
+        """The same rows with prediction `columns` (each (N,)) added to meta and `maps` (N, H, W) set."""
+        if len(maps) != len(self) or any(len(v) != len(self) for v in columns.values()):
+            raise HDMAPError(f"predictions for {len(maps)} images, expected {len(self)}")
+        meta = self.meta.assign(**{name: np.asarray(values) for name, values in columns.items()})
+        return HDMAPData(self.images, meta, self.masks, maps)
 
 
 def read_tiff(path: str | Path) -> np.ndarray:
@@ -195,3 +230,10 @@ def data_hash(data: HDMAPData) -> str:
     columns = ["domain", "split", "label", "file_index", "condition"]
     digest.update(pd.util.hash_pandas_object(data.meta[columns], index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def split_validation(train: HDMAPData, fraction: float, seed: int) -> tuple[HDMAPData, HDMAPData]:
+    """(fit, val): a seeded slice of train normals, never trained on, for thresholds and calibration."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, round(fraction * len(train)))
+    return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from feclip.errors import FeclipError
+from feclip.registry import choices
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-RESIZES = ("bilinear", "nearest", "bicubic")
-INTENSITIES = ("raw", "fixed_scale", "per_image_minmax")
+RESIZES = choices("resize mode", "data.resize", ("bilinear", "nearest", "bicubic"))
+INTENSITIES = choices("intensity handling", "data.intensity", ("raw", "fixed_scale", "per_image_minmax"))
 
 
 class TransformError(FeclipError):
@@ -67,10 +68,8 @@ class HDMAPInput(nn.Module):
         std=CLIP_STD,
     ) -> None:
         super().__init__()
-        if resize not in RESIZES:
-            raise TransformError(f"data.resize={resize!r}: expected one of {', '.join(RESIZES)}")
-        if intensity not in INTENSITIES:
-            raise TransformError(f"data.intensity={intensity!r}: expected one of {', '.join(INTENSITIES)}")
+        RESIZES.get_entry(resize)
+        INTENSITIES.get_entry(intensity)
         if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not 0 < scale < math.inf:
             raise TransformError(f"data.scale={scale!r}: expected a positive finite number")
         self.size, self.resize, self.intensity, self.scale = _size(size), resize, intensity, scale
@@ -81,6 +80,17 @@ class HDMAPInput(nn.Module):
             f"size={self.size}, resize={self.resize}, intensity={self.intensity}, scale={self.scale}, "
             f"mean={self.mean}, std={self.std}"
         )
+
+    def spec(self) -> dict:
+        """JSON-able description; HDMAPInput(**spec()) rebuilds it (saved with a checkpoint)."""
+        return {
+            "size": list(self.size),
+            "resize": self.resize,
+            "intensity": self.intensity,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 3:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,23 @@ from safetensors.torch import load_file, save_file
 from feclip.errors import FeclipError
 from feclip.model.feclip import FEClip, FEClipConfig
 
-FORMAT = "feclip-checkpoint/1"
+FORMAT = "feclip-checkpoint/2"
+FORMAT_V1 = "feclip-checkpoint/1"  # flat FEClipConfig (freq, ffe, ffe_window, lfs_*, ...); still read
 WEIGHTS_FILE = "trainable.safetensors"
 DESCRIPTION_FILE = "model.json"
 EXTRA_TENSORS_FILE = "extra.safetensors"
 # FEClipConfig fields that define what the trainable tensors mean; the head's read-out options may differ.
-ADAPTER_FIELDS = (
-    "adapters",
-    "lam",
-    "freq",
-    "ffe",
-    "ffe_window",
-    "lfs",
-    "lfs_window",
-    "lfs_statistic",
-    "lfs_kernel",
-    "conv_adapter",
-)
+ADAPTER_FIELDS = ("adapters", "lam", "freq")
+V1_FREQ_KEYS = {  # format 1 key -> (format 2 path in FEClipConfig)
+    "freq": ("freq", "transform"),
+    "conv_adapter": ("freq", "conv_adapter"),
+    "ffe": ("freq", "ffe", "enabled"),
+    "ffe_window": ("freq", "ffe", "window"),
+    "lfs": ("freq", "lfs", "enabled"),
+    "lfs_window": ("freq", "lfs", "window"),
+    "lfs_statistic": ("freq", "lfs", "statistic"),
+    "lfs_kernel": ("freq", "lfs", "kernel"),
+}
 
 
 class CheckpointError(FeclipError):
@@ -59,7 +58,7 @@ def describe(model: FEClip, input_size=None) -> dict[str, Any]:
         "embed_dim": backbone.embed_dim,
         "num_blocks": backbone.num_blocks,
         "taps": list(model.taps),
-        "config": json.loads(json.dumps(asdict(model.cfg))),
+        "config": json.loads(json.dumps(model.cfg.to_dict())),
         "input_size": None if size is None else [int(v) for v in size],
     }
 
@@ -105,9 +104,24 @@ def read_description(directory) -> dict[str, Any]:
         description = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: unreadable checkpoint description ({error})") from error
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {description.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(description, dict) or description.get("format") not in (FORMAT, FORMAT_V1):
+        found = description.get("format") if isinstance(description, dict) else type(description).__name__
+        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r} (or {FORMAT_V1!r})")
+    if description["format"] == FORMAT_V1:
+        description = {**description, "format": FORMAT, "config": config_from_v1(description["config"])}
     return description
+
+
+def config_from_v1(config: dict) -> dict:
+    """A format-1 (flat) FEClipConfig dict as the format-2 nested one."""
+    nested: dict = {k: v for k, v in config.items() if k not in V1_FREQ_KEYS}
+    for key, path in V1_FREQ_KEYS.items():
+        if key in config:
+            node = nested
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = config[key]
+    return nested
 
 
 def _differences(model: FEClip, description: dict, input_size) -> list[tuple[str, Any, Any]]:
@@ -125,8 +139,22 @@ def _differences(model: FEClip, description: dict, input_size) -> list[tuple[str
         saved = FEClipConfig(**description["config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint config {description['config']!r} is invalid ({error})") from error
-    pairs += [(f"config.{name}", getattr(model.cfg, name), getattr(saved, name)) for name in ADAPTER_FIELDS]
+    ours, theirs = _flat(model.cfg.to_dict()), _flat(saved.to_dict())
+    pairs += [
+        (f"config.{key}", ours[key], theirs[key]) for key in ours if key.split(".")[0] in ADAPTER_FIELDS
+    ]
     return [(name, ours, theirs) for name, ours, theirs in pairs if ours != theirs]
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {dotted key: value} (lists and tuples compared as lists)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def load_checkpoint(directory, model: FEClip, input_size=None) -> dict[str, Any]:
@@ -159,7 +187,13 @@ def load_checkpoint(directory, model: FEClip, input_size=None) -> dict[str, Any]
     model.load_state_dict(state, strict=False)
     if model.input_size is None and description["input_size"] is not None:
         model.input_size = tuple(description["input_size"])
-    extra = dict(description.get("extra", {}))
+    return read_extra(directory, description)
+
+
+def read_extra(directory, description: dict | None = None) -> dict[str, Any]:
+    """The `extra` dict saved with a checkpoint: its JSON values and its top-level tensors."""
+    directory = Path(directory)
+    extra = dict((description or read_description(directory)).get("extra", {}))
     if (directory / EXTRA_TENSORS_FILE).is_file():
         extra.update(load_file(directory / EXTRA_TENSORS_FILE))
     return extra

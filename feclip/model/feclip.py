@@ -27,21 +27,24 @@ maps) and the adapters run in float32 with autocast off; the frozen blocks follo
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from feclip.errors import FeclipError
+from feclip.methods.base import MethodOutput
 from feclip.model.adapters import FFE, LFS, LFS_STATISTICS, ConvAdapter, TapAdapter
 from feclip.model.backbone import ClipBackbone
 from feclip.model.frequency import TRANSFORMS, check_window
+from feclip.registry import Registry, choices
 
-TAP_PRESETS = ("groups", "last4", "spread3", "linspace")
-SCORES = ("cls", "cls+max_map")
-MAPS = ("prob", "logit_margin")
+TAP_PRESETS = Registry("tap preset", key="model.taps")
+SCORES = choices("image score", "model.score", ("cls", "cls+max_map"))
+MAPS = choices("anomaly map", "model.map", ("prob", "logit_margin"))
 TRAINABLE_PREFIXES = ("adapters.", "fc.")
 
 
@@ -57,90 +60,149 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise HeadError(f"FEClipConfig.{name}={value!r}: expected one of {', '.join(allowed)}")
+def _check(name: str, ok: bool, value, expected: str) -> None:
+    if not ok:
+        raise HeadError(f"{name}={value!r}: expected {expected}")
+
+
+@dataclass
+class FFEConfig:
+    """The `freq.ffe` group: FFE on non-overlapping (Ph, Pw) windows of the patch grid."""
+
+    enabled: bool = True
+    window: tuple[int, int] = (3, 3)
+
+    def __post_init__(self) -> None:
+        self.window = check_window(list(self.window), "freq.ffe.window")
+
+
+@dataclass
+class LFSConfig:
+    """The `freq.lfs` group: LFS on stride-1 (Qh, Qw) windows, one statistic, then Conv(kernel) + GELU."""
+
+    enabled: bool = True
+    window: tuple[int, int] = (3, 3)
+    statistic: str = "mean"
+    kernel: int = 3
+
+    def __post_init__(self) -> None:
+        self.window = check_window(list(self.window), "freq.lfs.window")
+        LFS_STATISTICS.get_entry(self.statistic)
+        _check(
+            "freq.lfs.kernel", _is_int(self.kernel) and self.kernel >= 1, self.kernel, "a positive integer"
+        )
+
+
+@dataclass
+class FreqConfig:
+    """The `freq` group: the window transform of both adapters, the adapters, or the Conv ablation."""
+
+    transform: str = "dct"
+    conv_adapter: bool = False
+    ffe: FFEConfig = field(default_factory=FFEConfig)
+    lfs: LFSConfig = field(default_factory=LFSConfig)
+
+    def __post_init__(self) -> None:
+        TRANSFORMS.get_entry(self.transform)
+        self.ffe = self.ffe if isinstance(self.ffe, FFEConfig) else FFEConfig(**self.ffe)
+        self.lfs = self.lfs if isinstance(self.lfs, LFSConfig) else LFSConfig(**self.lfs)
 
 
 @dataclass
 class FEClipConfig:
-    """FE-CLIP head options (defaults: ../shared/docs/feclip_method.md section 4). Lists are accepted for
-    the windows and for `taps` (e.g. from JSON or Hydra)."""
+    """The `model` group's head options (defaults: ../shared/docs/feclip_method.md section 4) and the `freq`
+    group nested: FEClipConfig(**model_head, freq=FreqConfig(**freq)). A list is accepted for `taps`."""
 
     taps: str | list[int] = "groups"
     n_taps: int = 4
     lam: float = 0.1
-    freq: str = "dct"
-    ffe: bool = True
-    ffe_window: tuple[int, int] = (3, 3)
-    lfs: bool = True
-    lfs_window: tuple[int, int] = (3, 3)
-    lfs_statistic: str = "mean"
-    lfs_kernel: int = 3
-    conv_adapter: bool = False
     adapters: bool = True
     temperature: float = 0.07
     score: str = "cls"
     map: str = "prob"
     smoothing_sigma: float = 0.0
+    freq: FreqConfig = field(default_factory=FreqConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.taps, str):
-            _choice("taps", self.taps, TAP_PRESETS)
+            TAP_PRESETS.get_entry(self.taps)
         elif not (hasattr(self.taps, "__iter__") and all(_is_int(t) for t in self.taps)):
-            raise HeadError(
-                f"FEClipConfig.taps={self.taps!r}: expected a preset name or a list of block indices"
-            )
+            raise HeadError(f"model.taps={self.taps!r}: expected a preset name or a list of block indices")
         else:
             self.taps = list(self.taps)
-        self.ffe_window = check_window(list(self.ffe_window), "FEClipConfig.ffe_window")
-        self.lfs_window = check_window(list(self.lfs_window), "FEClipConfig.lfs_window")
-        _choice("freq", self.freq, TRANSFORMS)
-        _choice("lfs_statistic", self.lfs_statistic, LFS_STATISTICS)
-        _choice("score", self.score, SCORES)
-        _choice("map", self.map, MAPS)
-        for name, ok, expected in (
-            ("n_taps", _is_int(self.n_taps) and self.n_taps >= 1, "a positive integer"),
-            ("lam", _is_number(self.lam) and 0.0 <= self.lam <= 1.0, "a number in [0, 1]"),
-            ("lfs_kernel", _is_int(self.lfs_kernel) and self.lfs_kernel >= 1, "a positive integer"),
-            ("temperature", _is_number(self.temperature) and self.temperature > 0, "a positive number"),
-            (
-                "smoothing_sigma",
-                _is_number(self.smoothing_sigma) and self.smoothing_sigma >= 0,
-                "a number >= 0",
-            ),
-        ):
-            if not ok:
-                raise HeadError(f"FEClipConfig.{name}={getattr(self, name)!r}: expected {expected}")
+        self.freq = self.freq if isinstance(self.freq, FreqConfig) else FreqConfig(**self.freq)
+        SCORES.get_entry(self.score)
+        MAPS.get_entry(self.map)
+        _check("model.n_taps", _is_int(self.n_taps) and self.n_taps >= 1, self.n_taps, "a positive integer")
+        _check("model.lam", _is_number(self.lam) and 0.0 <= self.lam <= 1.0, self.lam, "a number in [0, 1]")
+        _check(
+            "model.temperature",
+            _is_number(self.temperature) and self.temperature > 0,
+            self.temperature,
+            "a positive number",
+        )
+        _check(
+            "model.smoothing_sigma",
+            _is_number(self.smoothing_sigma) and self.smoothing_sigma >= 0,
+            self.smoothing_sigma,
+            "a number >= 0",
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-able nested dict; FEClipConfig(**to_dict()) rebuilds it."""
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@TAP_PRESETS.register("groups")
+def _groups(num_blocks: int, n_taps: int) -> list[int]:
+    """End of each of n_taps equal layer groups (the paper's figure; the default)."""
+    _enough_blocks("groups", num_blocks, n_taps)
+    return [(i + 1) * num_blocks // n_taps - 1 for i in range(n_taps)]
+
+
+@TAP_PRESETS.register("last4")
+def _last4(num_blocks: int, n_taps: int) -> list[int]:
+    """The last four blocks (n_taps ignored)."""
+    return list(range(max(num_blocks - 4, 0), num_blocks))
+
+
+@TAP_PRESETS.register("spread3")
+def _spread3(num_blocks: int, n_taps: int) -> list[int]:
+    """floor(5L/8), floor(6L/8), floor(7L/8) and L - 1, duplicates dropped (n_taps ignored)."""
+    L = num_blocks
+    return sorted({5 * L // 8, 6 * L // 8, 7 * L // 8, L - 1})
+
+
+@TAP_PRESETS.register("linspace")
+def _linspace(num_blocks: int, n_taps: int) -> list[int]:
+    """n_taps evenly spaced from 0 to L - 1, rounded half up."""
+    _enough_blocks("linspace", num_blocks, n_taps)
+    if n_taps == 1:
+        return [num_blocks - 1]
+    return [math.floor(i * (num_blocks - 1) / (n_taps - 1) + 0.5) for i in range(n_taps)]
+
+
+def _enough_blocks(preset: str, num_blocks: int, n_taps: int) -> None:
+    if n_taps > num_blocks:
+        raise HeadError(f"model.n_taps={n_taps}: taps={preset!r} needs n_taps <= {num_blocks} blocks")
 
 
 def resolve_taps(taps: str | list[int], n_taps: int, num_blocks: int) -> list[int]:
-    """The 0-based tap blocks for a preset name or an explicit list (see the module docstring)."""
-    L = num_blocks
+    """The 0-based tap blocks for a preset name (TAP_PRESETS) or an explicit list (module docstring)."""
     if isinstance(taps, str):
-        if taps in ("groups", "linspace") and n_taps > L:
-            raise HeadError(f"FEClipConfig.n_taps={n_taps}: taps={taps!r} needs n_taps <= {L} blocks")
-        if taps == "groups":
-            return [(i + 1) * L // n_taps - 1 for i in range(n_taps)]
-        if taps == "last4":
-            return list(range(max(L - 4, 0), L))
-        if taps == "spread3":
-            return sorted({5 * L // 8, 6 * L // 8, 7 * L // 8, L - 1})
-        if taps == "linspace":
-            return (
-                [L - 1]
-                if n_taps == 1
-                else [math.floor(i * (L - 1) / (n_taps - 1) + 0.5) for i in range(n_taps)]
-            )
-        _choice("taps", taps, TAP_PRESETS)
+        return TAP_PRESETS.get_entry(taps)(num_blocks, n_taps)
     taps = list(taps)
     valid = (
-        taps and all(0 <= t < L for t in taps) and all(a < b for a, b in zip(taps, taps[1:], strict=False))
+        taps and all(0 <= t < num_blocks for t in taps) and all(a < b for a, b in itertools.pairwise(taps))
     )
     if not valid:
         raise HeadError(
-            f"FEClipConfig.taps={taps}: expected a non-empty, strictly increasing list of block indices "
-            f"in [0, {L - 1}]"
+            f"model.taps={taps}: expected a non-empty, strictly increasing list of block indices "
+            f"in [0, {num_blocks - 1}]"
         )
     return taps
 
@@ -159,28 +221,28 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def build_tap_adapter(cfg: FEClipConfig, width: int) -> TapAdapter:
     """One tap's fusion module: FFE and/or LFS (or the Conv ablation) per `cfg`."""
-    if cfg.conv_adapter:
-        branches = {"conv": ConvAdapter(width, cfg.lfs_kernel)}
+    freq = cfg.freq
+    if freq.conv_adapter:
+        branches = {"conv": ConvAdapter(width, freq.lfs.kernel)}
     else:
         branches = {}
-        if cfg.ffe:
-            branches["ffe"] = FFE(width, cfg.ffe_window, cfg.freq)
-        if cfg.lfs:
-            branches["lfs"] = LFS(width, cfg.lfs_window, cfg.lfs_statistic, cfg.lfs_kernel, cfg.freq)
+        if freq.ffe.enabled:
+            branches["ffe"] = FFE(width, freq.ffe.window, freq.transform)
+        if freq.lfs.enabled:
+            lfs = freq.lfs
+            branches["lfs"] = LFS(width, lfs.window, lfs.statistic, lfs.kernel, freq.transform)
     return TapAdapter(branches, cfg.lam)
 
 
-@dataclass
-class FEClipOutput:
-    score: torch.Tensor  # (B,) image anomaly score
-    map: torch.Tensor  # (B, h, w) anomaly map at the input size (smoothed when smoothing_sigma > 0)
+@dataclass(kw_only=True)
+class FEClipOutput(MethodOutput):
+    """score (B,) image anomaly score; map (B, h, w) at the input size (smoothed when smoothing_sigma > 0);
+    features: T x (B, gh, gw, D) fused patch tokens at each tap; embedding (B, E) final image embedding
+    (= encode_image when the adapters are off); plus the per-tap outputs the training loss needs."""
+
     tap_scores: torch.Tensor  # (T, B) class-token abnormal probability per tap
     tap_maps: torch.Tensor  # (T, B, h, w) per-tap maps (units: map_kind), before smoothing
-    patch_features: list[torch.Tensor]  # T x (B, gh, gw, D) fused patch tokens at each tap
-    cls_embedding: torch.Tensor  # (B, E) final image embedding (= encode_image when the adapters are off)
-    map_kind: str = field(
-        default="prob"
-    )  # "prob" (abnormal probability) | "logit_margin" ((cos_a - cos_n) / tau)
+    map_kind: str = "prob"  # "prob" (abnormal probability) | "logit_margin" ((cos_a - cos_n) / tau)
 
 
 class FEClip(nn.Module):
@@ -291,11 +353,19 @@ class FEClip(nn.Module):
             amap = F.interpolate(amap[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]
         return score, amap
 
-    def _aggregate(self, tap_scores, tap_maps, features, cls_embedding) -> FEClipOutput:
+    def _aggregate(self, tap_scores, tap_maps, features, embedding) -> FEClipOutput:
         amap = tap_maps.mean(0)
         if self.cfg.smoothing_sigma > 0:
             amap = gaussian_smooth(amap, self.cfg.smoothing_sigma)
         score = tap_scores.mean(0)
         if self.cfg.score == "cls+max_map":
             score = score + amap.flatten(1).amax(1)
-        return FEClipOutput(score, amap, tap_scores, tap_maps, features, cls_embedding, self.cfg.map)
+        return FEClipOutput(
+            score=score,
+            map=amap,
+            features=features,
+            embedding=embedding,
+            tap_scores=tap_scores,
+            tap_maps=tap_maps,
+            map_kind=self.cfg.map,
+        )

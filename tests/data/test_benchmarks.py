@@ -15,6 +15,7 @@ from data.benchmark_fixtures import (
     make_mvtec_fixture,
     make_visa_fixture,
 )
+from feclip.errors import FeclipError
 from feclip.data.benchmarks import (
     BTAD_CATEGORIES,
     MVTEC_CATEGORIES,
@@ -218,15 +219,15 @@ def test_malformed_dataset_fails_with_one_line(tmp_path, case):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("mpdd", "r", HALF), r"unknown benchmark 'mpdd'; expected one of: mvtec, visa, btad"),
-        (("mvtec", "r", HALF, "letterbox"), r"unknown geometry 'letterbox'"),
+        (("mpdd", "r", HALF), r"benchmark='mpdd' is not allowed; expected one of: mvtec, visa, btad"),
+        (("mvtec", "r", HALF, "letterbox"), r"geometry='letterbox' is not allowed"),
         (("mvtec", "r", (24,)), r"size=\(24,\): expected \(height, width\)"),
         (("mvtec", "r", HALF, "squash", ["bottel"]), r"unknown mvtec categories \['bottel'\]"),
     ],
 )
 def test_bad_arguments_fail_with_one_line(fixtures, args, message):
     name, _, *rest = args
-    with pytest.raises(BenchmarkError, match=message) as error:
+    with pytest.raises(FeclipError, match=message) as error:
         load_benchmark(name, fixtures["mvtec"][0], *rest)
     assert "\n" not in str(error.value)
 

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import torch
 
-from feclip.data.hdmap import META_COLUMNS, HDMAPData, HDMAPError, data_hash, load_domain, read_tiff
+from feclip.data.hdmap import META_COLUMNS, HDMAPData, HDMAPError, data_hash, load_domain, read_tiff, split_validation
 
 SHAPE = (31, 95)
 FOLDERS = (("train", "good"), ("test", "good"), ("test", "fault"))
@@ -305,3 +305,21 @@ def test_negative_values_warn_with_count_and_are_kept(tmp_path, tree):
         data = load_domain(tmp_path, "A")
     assert str(tmp_path / "domain_A") in str(record[0].message)
     assert data.images[6, 0, :3].tolist() == [-0.25, -0.5, -1.0]
+
+
+def test_validation_slice_is_disjoint_and_seeded(small_root):
+    train = load_domain(small_root, "C", splits=("train",))
+    fit, val = split_validation(train, 0.1, seed=0)
+    assert len(val) == 2 and len(fit) == 18
+    assert not set(fit.meta["path"]) & set(val.meta["path"])
+    assert split_validation(train, 0.1, seed=0)[1].meta["path"].tolist() == val.meta["path"].tolist()
+
+
+def test_predictions_travel_with_their_rows(small_root):
+    test = load_domain(small_root, "C", splits=("test",))
+    scores = test.meta["file_index"].to_numpy() * 1.0 + test.meta["label"].to_numpy() * 1000
+    scored = test.with_predictions({"score": scores}, torch.arange(len(test)).float()[:, None, None].expand(-1, 31, 95))
+    part = scored.subset((scored.meta["label"] == 1).to_numpy())
+    assert (part.meta["score"] == part.meta["file_index"] + 1000).all()
+    assert torch.equal(part.maps[:, 0, 0], torch.as_tensor(np.flatnonzero(scored.meta["label"] == 1)).float())
+    assert torch.equal(part.masks, scored.masks[torch.as_tensor(np.flatnonzero(scored.meta["label"] == 1))])

@@ -6,6 +6,7 @@ Expected values are hand-computed from CLIP_MEAN / CLIP_STD: (v - mean_c) / std_
 import pytest
 import torch
 
+from feclip.errors import FeclipError
 from feclip.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -141,10 +142,10 @@ def test_normalize_rgb_rejects_non_uint8_rgb(images):
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        ({"resize": "area"}, r"data\.resize='area': expected one of bilinear, nearest, bicubic"),
+        ({"resize": "area"}, r"data\.resize='area' is not allowed; expected one of: bilinear, nearest, bicubic"),
         (
             {"intensity": "zscore"},
-            r"data\.intensity='zscore': expected one of raw, fixed_scale, per_image_minmax",
+            r"data\.intensity='zscore' is not allowed; expected one of: raw, fixed_scale, per_image_minmax",
         ),
         ({"scale": 0.0}, r"data\.scale=0\.0: expected a positive"),
         ({"scale": -2}, r"data\.scale=-2: expected a positive"),
@@ -158,7 +159,7 @@ def test_normalize_rgb_rejects_non_uint8_rgb(images):
 )
 def test_bad_options_name_the_option_and_the_allowed_values(kwargs, pattern):
     kwargs = {"size": (64, 192), **kwargs}
-    with pytest.raises(TransformError, match=pattern):
+    with pytest.raises(FeclipError, match=pattern):
         HDMAPInput(**kwargs)
 
 

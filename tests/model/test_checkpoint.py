@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from feclip.model.backbone import ClipBackbone
 from feclip.model.checkpoint import (
     DESCRIPTION_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    config_from_v1,
     load_checkpoint,
     read_description,
     save_checkpoint,
@@ -19,15 +19,9 @@ from feclip.model.checkpoint import (
 from feclip.model.feclip import FEClip, FEClipConfig
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return ClipBackbone("feclip-tiny")
-
-
 def make(backbone, seed, **options):
     torch.manual_seed(seed)
-    return FEClip(backbone, FEClipConfig(**{"lam": 0.5, **options}), torch.randn(2, 32))
+    return FEClip(backbone, FEClipConfig(**config_from_v1({"lam": 0.5, **options})), torch.randn(2, 32))
 
 
 @pytest.fixture()
@@ -63,7 +57,10 @@ def test_only_the_trainable_state_is_saved(saved):
     description = read_description(directory)
     assert description["backbone"] == "feclip-tiny" and description["pretrained"] is None
     assert description["width"] == 64 and description["taps"] == [0, 1, 2, 3]
-    assert description["input_size"] == [112, 336] and description["config"]["lfs_window"] == [3, 3]
+    assert description["input_size"] == [112, 336] and description["config"]["freq"]["lfs"]["window"] == [
+        3,
+        3,
+    ]
     assert FEClipConfig(**description["config"]) == net.cfg
 
 
@@ -101,7 +98,9 @@ def test_input_size_mismatch_raises(backbone, saved):
 
 
 def test_adapter_option_mismatch_raises(backbone, saved):
-    with pytest.raises(CheckpointError, match="config.lfs_statistic: model has 'abs', checkpoint has 'mean'"):
+    with pytest.raises(
+        CheckpointError, match="config.freq.lfs.statistic: model has 'abs', checkpoint has 'mean'"
+    ):
         load_checkpoint(saved[1], make(backbone, 2, lfs_statistic="abs"))
 
 

@@ -4,17 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feclip.model.backbone import ClipBackbone
+from feclip.model.checkpoint import config_from_v1
 from feclip.model.feclip import FEClip, FEClipConfig, HeadError, gaussian_smooth, resolve_taps
 from feclip.model.prompts import text_features
 
 from .test_backbone import block_outputs
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return ClipBackbone("feclip-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +18,7 @@ def text(backbone):
 
 def model(backbone, text, **options):
     torch.manual_seed(1)
-    return FEClip(backbone, FEClipConfig(**options), text)
+    return FEClip(backbone, FEClipConfig(**config_from_v1(options)), text)
 
 
 @pytest.mark.parametrize(
@@ -59,24 +53,25 @@ def test_bad_tap_lists_raise(taps):
     ("options", "message"),
     [
         ({"taps": "middle"}, "taps='middle'"),
-        ({"freq": "wavelet"}, "freq='wavelet'"),
+        ({"freq": "wavelet"}, "freq.transform='wavelet'"),
         ({"lam": 1.5}, "lam=1.5"),
-        ({"lfs_statistic": "max"}, "lfs_statistic='max'"),
+        ({"lfs_statistic": "max"}, "freq.lfs.statistic='max'"),
         ({"map": "raw"}, "map='raw'"),
         ({"score": "max"}, "score='max'"),
         ({"temperature": 0}, "temperature=0"),
-        ({"ffe_window": [3, 0]}, "ffe_window"),
+        ({"ffe_window": [3, 0]}, "freq.ffe.window"),
         ({"n_taps": 0}, "n_taps=0"),
     ],
 )
 def test_bad_config_raises(options, message):
     with pytest.raises(ValueError, match=message):
-        FEClipConfig(**options)
+        FEClipConfig(**config_from_v1(options))
 
 
 def test_config_accepts_json_lists():
-    cfg = FEClipConfig(taps=[0, 2], ffe_window=[1, 3], lfs_window=[1, 5])
-    assert cfg.ffe_window == (1, 3) and cfg.lfs_window == (1, 5) and cfg.taps == [0, 2]
+    cfg = FEClipConfig(taps=[0, 2], freq={"ffe": {"window": [1, 3]}, "lfs": {"window": [1, 5]}})
+    assert cfg.freq.ffe.window == (1, 3) and cfg.freq.lfs.window == (1, 5) and cfg.taps == [0, 2]
+    assert FEClipConfig(**cfg.to_dict()) == cfg
 
 
 @pytest.mark.parametrize(
@@ -92,7 +87,7 @@ def test_inactive_adapters_reproduce_open_clip(backbone, text, options, size):
     assert len(ours) == len(theirs) == 4
     for a, b in zip(ours, theirs, strict=True):
         assert (a - b).abs().max() <= 1e-5
-    assert (out.cls_embedding - reference).abs().max() <= 1e-5
+    assert (out.embedding - reference).abs().max() <= 1e-5
 
 
 def test_active_adapters_change_the_stream_after_the_first_tap(backbone, text):
@@ -175,8 +170,8 @@ def test_shapes(backbone, text, options, batch, size):
     taps, grid = len(net.taps), backbone.grid_size(size)
     assert out.score.shape == (batch,) and out.map.shape == (batch, *size)
     assert out.tap_scores.shape == (taps, batch) and out.tap_maps.shape == (taps, batch, *size)
-    assert [f.shape for f in out.patch_features] == [(batch, *grid, 64)] * taps
-    assert out.cls_embedding.shape == (batch, 32)
+    assert [f.shape for f in out.features] == [(batch, *grid, 64)] * taps
+    assert out.embedding.shape == (batch, 32)
     assert torch.isfinite(out.map).all() and torch.isfinite(out.score).all()
 
 
@@ -187,7 +182,7 @@ def test_one_image_does_not_depend_on_the_others(backbone, text):
         together, alone = net(images), net(images[1:2])
     assert torch.allclose(together.map[1:2], alone.map, atol=1e-5)
     assert torch.allclose(together.score[1:2], alone.score, atol=1e-6)
-    assert torch.allclose(together.cls_embedding[1:2], alone.cls_embedding, atol=1e-5)
+    assert torch.allclose(together.embedding[1:2], alone.embedding, atol=1e-5)
 
 
 def test_split_forward_is_exact(backbone, text):
@@ -196,7 +191,7 @@ def test_split_forward_is_exact(backbone, text):
     with torch.no_grad():
         full = net(images)
         split = net.forward_from_tokens(net.pre_tap_tokens(images), (112, 336))
-    for name in ("score", "map", "tap_scores", "tap_maps", "cls_embedding"):
+    for name in ("score", "map", "tap_scores", "tap_maps", "embedding"):
         assert torch.equal(getattr(full, name), getattr(split, name)), name
     with pytest.raises(HeadError, match=r"expected \(B, 148, 64\)"):
         net.forward_from_tokens(torch.zeros(2, 197, 64), (112, 336))
@@ -231,7 +226,7 @@ def test_bf16_autocast_runs_with_fp32_head(backbone, text):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(torch.randn(2, 3, 224, 224))
     assert out.map.dtype == torch.float32 and out.tap_scores.dtype == torch.float32
-    assert out.patch_features[0].dtype == torch.float32 and torch.isfinite(out.map).all()
+    assert out.features[0].dtype == torch.float32 and torch.isfinite(out.map).all()
     out.map.mean().backward()
     assert net.fc.weight.grad is not None
 

@@ -13,7 +13,12 @@ def output(tap_scores, tap_maps, map_kind="prob"):
     tap_scores = torch.tensor(tap_scores, requires_grad=True)
     tap_maps = torch.tensor(tap_maps, requires_grad=True)
     return FEClipOutput(
-        tap_scores.mean(0), tap_maps.mean(0), tap_scores, tap_maps, [], torch.zeros(2, 4), map_kind
+        score=tap_scores.mean(0),
+        map=tap_maps.mean(0),
+        tap_scores=tap_scores,
+        tap_maps=tap_maps,
+        embedding=torch.zeros(2, 4),
+        map_kind=map_kind,
     )
 
 

@@ -4,14 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from feclip.model.backbone import ClipBackbone
 from feclip.model.prompts import PAPER_ABNORMAL, PAPER_NORMAL, PromptError, expand, text_features
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return ClipBackbone("feclip-tiny")
 
 
 def test_expand_puts_every_state_in_every_template():

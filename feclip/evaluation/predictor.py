@@ -1,0 +1,232 @@
+"""Apply a saved model to unlabelled HDMAP TIFFs: scores, calibrated decisions, optional overlays.
+
+A checkpoint directory is self-describing. The method writes its own part (`Method.save`: for FE-CLIP the
+adapters + fc, the model description, the text features and a random-init backbone's weights); the job adds
+`predictor.json` (the method name, the input transform, the calibration record, the native image shape, the
+reference-bank settings and the deployable gate) and, for few-shot / condition-aware runs,
+`references.safetensors` (the bank descriptors), so a model scores new files exactly as its run scored its
+test images. `load_predictor` rebuilds all of it without the original Hydra config.
+
+Statuses per file: `ok`; `shape_mismatch HxW` (scored, but not of the calibrated shape); `error: reason`
+(unreadable, not scored); `error: non-finite score` (scored, but the score is NaN/inf: never a decision).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from feclip.condition.aware import ReferenceScorer
+from feclip.condition.banks import ReferenceBank
+from feclip.condition.gates import make_gate
+from feclip.data.hdmap import read_tiff
+from feclip.data.transforms import HDMAPInput
+from feclip.errors import FeclipError
+from feclip.evaluation import calibration, plots
+from feclip.methods.base import Method
+from feclip.methods.registry import METHODS
+from feclip.runtime import Runtime
+
+PREDICTOR_FILE = "predictor.json"
+REFERENCES_FILE = "references.safetensors"
+NONFINITE = "error: non-finite score"
+
+
+class PredictError(FeclipError):
+    """The input folder or the checkpoint cannot be used for prediction."""
+
+
+@dataclass
+class Predictor:
+    method: Method
+    to_input: nn.Module  # raw (B, H, W) -> model input (B, 3, h, w)
+    record: dict[str, Any]  # calibration record (feclip.evaluation.calibration)
+    gate: Any | None  # the deployable gate labelling files cold / warm, or None
+    scorer: ReferenceScorer | None  # the run's reference banks with the deployable gate, or None
+    image_shape: tuple[int, int]  # native (H, W) of the images the model was calibrated on
+
+
+def save_predictor(
+    directory: Path, method: Method, to_input: HDMAPInput, record: dict, references, image_shape
+) -> None:
+    """Write the method's checkpoint, then what `load_predictor` needs beside it."""
+    method.save(directory)
+    content = {
+        "method": method.name,
+        "input": to_input.spec(),
+        "calibration": record,
+        "image_shape": list(image_shape),
+        "references": None,
+        "gate": None,
+    }
+    if references is not None:
+        content["references"] = {"bank": references.scorer.bank.settings(), "state": references.state}
+        content["gate"] = references.deployable.state()
+        save_file(references.scorer.bank.tensors(), directory / REFERENCES_FILE)
+    (directory / PREDICTOR_FILE).write_text(json.dumps(content, indent=2))
+
+
+def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
+    """Rebuild method, input transform, calibration, banks and gate from a checkpoint directory."""
+    directory = Path(directory)
+    if not (directory / PREDICTOR_FILE).is_file():
+        raise PredictError(f"{directory} is not a feclip model directory: {PREDICTOR_FILE} is missing")
+    content = json.loads((directory / PREDICTOR_FILE).read_text())
+    method = METHODS.get_entry(content.get("method", "feclip"), key="method").load(directory).to(device)
+    method.model.eval()
+    mean, std = method.input_stats()
+    spec = {"mean": mean, "std": std, **{k: v for k, v in content["input"].items() if k != "pretrained"}}
+    gate = make_gate(**content["gate"]) if content.get("gate") else None
+    if gate is not None and gate.needs_labels:
+        raise PredictError(
+            f"{directory / PREDICTOR_FILE}: gate {gate.name!r} needs labels (the test file index) and cannot "
+            "route unlabelled files; expected a deployable gate (p90, clip_sim, ...)"
+        )
+    scorer = None
+    if content.get("references"):
+        bank = ReferenceBank.from_saved(content["references"]["bank"], load_file(directory / REFERENCES_FILE))
+        scorer = ReferenceScorer(method, bank, gate, raw=None, meta=None)
+    return Predictor(
+        method, HDMAPInput(**spec), content["calibration"], gate, scorer, tuple(content["image_shape"])
+    )
+
+
+def list_inputs(pattern: str) -> list[Path]:
+    """TIFF files (.tif/.tiff, any case) of a folder (sorted) or of a glob; none found is an error."""
+    path = Path(pattern)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(pattern))
+    if not files:
+        raise PredictError(f"no TIFF files at {pattern}: expected a folder of *.tiff files or a glob pattern")
+    return files
+
+
+def _read(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """(image or None, status): ok | shape_mismatch HxW (still scored) | error: reason."""
+    try:
+        image = read_tiff(path)
+    except (ValueError, OSError) as error:
+        return None, f"error: {error}"
+    return image, "ok" if image.shape == tuple(shape) else f"shape_mismatch {image.shape[0]}x{image.shape[1]}"
+
+
+@torch.inference_mode()
+def _score(predictor: Predictor, images: list[np.ndarray], rt: Runtime) -> dict[str, Any]:
+    """Scores, map maxima, native-size maps and gate decisions of same-shape images."""
+    raw = torch.from_numpy(np.stack(images)).to(rt.device)
+    with rt.autocast():
+        out = predictor.method.forward(predictor.to_input(raw))
+    columns = {}
+    if predictor.scorer is not None:
+        score, amap, columns = predictor.scorer.score_batch(out, raw, meta=None)
+    else:
+        score, amap = out.score.float(), out.map.float()
+        if predictor.gate is not None:
+            embedding = None if out.embedding is None else out.embedding.float()
+            columns = predictor.gate.decide(raw, embedding, None).columns()
+    maps = F.interpolate(amap.float()[:, None], size=raw.shape[-2:], mode="bilinear")[:, 0]
+    return {
+        "score": score.float().cpu().numpy(),
+        "map_max": amap.float().flatten(1).amax(1).cpu().numpy(),
+        "map": maps.cpu().numpy(),
+        "gate": columns.get("gate"),
+    }
+
+
+def _row(path: Path, status: str, score: float, map_max: float, threshold: float, record: dict) -> dict:
+    """One file's result; a non-finite score is an error status with no decision."""
+    row = {"path": str(path), "status": status, "score": score, "map_max": map_max}
+    if not math.isfinite(score):
+        return {**row, "status": NONFINITE}
+    row["decision"] = "fault" if score > threshold else "normal"
+    row["zscore"] = float(calibration.zscore(np.array([score]), record)[0])
+    return row
+
+
+def predict_files(
+    predictor: Predictor,
+    files: list[Path],
+    rt: Runtime,
+    *,
+    operating_point: str,
+    on_flagged: Callable[[Path, np.ndarray, np.ndarray], None] = lambda path, image, amap: None,
+) -> pd.DataFrame:
+    """One row per file: path, status, score, map_max, decision, zscore (and gate); streamed in batches."""
+    threshold = calibration.threshold(predictor.record, operating_point)
+    rows = []
+    for start in tqdm(range(0, len(files), rt.batch_size), desc="predict", unit="batch"):
+        read = [(path, *_read(path, predictor.image_shape)) for path in files[start : start + rt.batch_size]]
+        for shape in {image.shape for _, image, _ in read if image is not None}:
+            group = [
+                (path, image, status)
+                for path, image, status in read
+                if image is not None and image.shape == shape
+            ]
+            result = _score(predictor, [image for _, image, _ in group], rt)
+            for j, (path, image, status) in enumerate(group):
+                score, map_max = float(result["score"][j]), float(result["map_max"][j])
+                row = _row(path, status, score, map_max, threshold, predictor.record)
+                if result["gate"] is not None:
+                    row["gate"] = str(result["gate"][j])
+                if row.get("decision") == "fault":
+                    on_flagged(path, image, result["map"][j])
+                rows.append(row)
+        rows += [{"path": str(path), "status": status} for path, image, status in read if image is None]
+    order = {str(path): i for i, path in enumerate(files)}
+    table = pd.DataFrame(rows, columns=list(dict.fromkeys(["path", "status", *(k for r in rows for k in r)])))
+    return table.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def summary(table: pd.DataFrame, operating_point: str) -> dict[str, Any]:
+    """Counts for the log and MLflow: files, ok, flagged, errors (with the first paths), shape mismatches."""
+    errors = table[table["status"].str.startswith("error")]
+    decision = table["decision"] if "decision" in table else pd.Series(dtype=object)
+    return {
+        "n_files": len(table),
+        "n_scored": int(decision.notna().sum()),
+        "n_flagged": int((decision == "fault").sum()),
+        "n_errors": len(errors),
+        "n_nonfinite": int((table["status"] == NONFINITE).sum()),
+        "first_errors": errors["path"].head(5).tolist(),
+        "n_shape_mismatch": int(table["status"].str.startswith("shape_mismatch").sum()),
+        "operating_point": operating_point,
+    }
+
+
+def overlay_writer(directory: Path, files: list[Path]) -> Callable[[Path, np.ndarray, np.ndarray], None]:
+    """on_flagged callback writing one PNG per flagged file under `directory`: the image and its anomaly map.
+
+    Names are unique: the file name with its suffix (`dup.tif.png`, `dup.tiff.png`), and files of the same
+    name from different folders get the folder's position in `files` appended."""
+    directory.mkdir(parents=True, exist_ok=True)
+    names = _unique_names(files)
+
+    def write(path: Path, image: np.ndarray, amap: np.ndarray) -> None:
+        figure = plots.anomaly_map_grid(image[None], amap[None], [path.name], ncols=1)
+        figure.savefig(directory / names[str(path)], dpi=110)
+
+    return write
+
+
+def _unique_names(files: list[Path]) -> dict[str, str]:
+    names, seen = {}, {}
+    for path in files:
+        count = seen.get(path.name, 0)
+        seen[path.name] = count + 1
+        names[str(path)] = f"{path.name}.png" if count == 0 else f"{path.name}.{count}.png"
+    return names

@@ -1,0 +1,137 @@
+"""The HDMAP job: fit the method, then score every test image of the domain under the HDMAP protocols.
+
+data (domain + validation slice) -> method (built, fitted on its training source) -> optional reference banks
+and gate -> test and validation predictions -> metrics -> scores.csv, figures, the saved model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from feclip.cache import frozen_features
+from feclip.condition import aware
+from feclip.data import synthetic
+from feclip.data.hdmap import DOMAINS, HDMAPData, data_hash, load_domain, split_validation
+from feclip.data.sets import labelled_set
+from feclip.data.sources import AUX_SOURCES, SourceContext
+from feclip.data.transforms import HDMAPInput
+from feclip.evaluation import calibration
+from feclip.evaluation.figures import write_figures
+from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
+from feclip.evaluation.predictor import save_predictor
+from feclip.jobs.common import RANDOM_INIT_NOTE
+from feclip.methods.base import Method
+from feclip.methods.registry import build_method
+from feclip.runtime import Runtime, runtime
+
+
+def hdmap_root(cfg: DictConfig) -> Path:
+    """The HDMAP folder; the synthetic one is generated on first use (all four domains, seconds)."""
+    root = Path(cfg.data.root)
+    if cfg.data.synthetic is not None:
+        synthetic.ensure(root, domains=DOMAINS, **OmegaConf.to_container(cfg.data.synthetic))
+    return root
+
+
+def hdmap_input(cfg: DictConfig, method: Method) -> HDMAPInput:
+    """Raw HDMAP maps -> the method's input: full-frame resize (`data.resize`), intensity, normalisation."""
+    mean, std = method.input_stats()
+    data = cfg.data
+    return HDMAPInput(
+        method.input_size, resize=data.resize, intensity=data.intensity, scale=data.scale, mean=mean, std=std
+    )
+
+
+def fit_method(
+    cfg: DictConfig, rt: Runtime, method: Method, *, root: Path, fit: HDMAPData, to_input, tracker
+) -> dict:
+    """Build the training source and fit the method; per-epoch losses go to MLflow as they come."""
+    mean, std = method.input_stats()
+    ctx = SourceContext(root, fit, to_input, method.input_size, mean, std)
+    aux = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx)
+    normals = labelled_set(fit.images, np.zeros(len(fit), dtype=np.int64), to_input)
+
+    def log_epoch(epoch: int, losses: dict[str, float]) -> None:
+        tracker.log_metrics({f"train_{name}": value for name, value in losses.items()}, step=epoch)
+
+    def frozen(images):
+        return frozen_features(method, images, rt)
+
+    return method.fit(normals=normals, aux=aux, rt=rt, frozen=frozen, log_epoch=log_epoch)
+
+
+def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
+    """Train on the auxiliary source, then score every test image of the domain under the HDMAP protocols."""
+    rt = runtime(cfg)
+    root = hdmap_root(cfg)
+    data = load_domain(root, cfg.domain.name, cold_warm_split=cfg.data.cold_warm_split)
+    method = build_method(cfg).to(rt.device)
+    to_input = hdmap_input(cfg, method)
+    fit, val = split_validation(
+        data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
+    )
+    test = data.subset((data.meta["split"] == "test").to_numpy())
+    history = fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, tracker=tracker)
+    refs = aware.build(cfg, method, fit, test, to_input, rt)
+    native = tuple(data.images.shape[-2:])
+
+    def score(part: HDMAPData, rescore):
+        images = labelled_set(part.images, part.meta["label"], to_input)
+        frozen = frozen_features(method, images, rt)
+        return predict(
+            method,
+            images,
+            rt,
+            map_size=native,
+            frozen=frozen,
+            rescore=rescore,
+            topk=cfg.eval.calibration.topk,
+        )
+
+    test_pred = score(test, refs.scorer if refs else None)
+    val_pred = score(val, refs.scorer.for_images(val.images, val.meta, refs.deployable) if refs else None)
+    keep = refs.keep if refs else np.ones(len(test), dtype=bool)
+    scored = test.with_predictions(test_pred.columns(), test_pred.maps).subset(keep)
+    metrics = evaluate_hdmap(scored, val_pred.scores, cfg.eval.val_percentile)
+    if refs:
+        metrics.update(refs.metrics(scored.meta))
+    scores_table(scored, list(test_pred.columns())).to_csv(output_dir / "scores.csv", index=False)
+    save_model(cfg, output_dir / "checkpoint", method, to_input, val=val, val_pred=val_pred, refs=refs)
+    if cfg.eval.figures:
+        caption = RANDOM_INIT_NOTE if method.random_init else ""
+        write_figures(
+            output_dir / "figures",
+            scored,
+            metrics,
+            history,
+            caption=caption,
+            n_examples=cfg.eval.n_map_examples,
+        )
+    return metrics
+
+
+def save_model(
+    cfg: DictConfig, directory: Path, method: Method, to_input: HDMAPInput, *, val, val_pred, refs
+) -> None:
+    """The method, and what applying it later needs: input transform, calibration record, banks, gate."""
+    context = {
+        "method": method.name,
+        "backbone": cfg.backbone.name,
+        "pretrained": cfg.backbone.pretrained,
+        "input": to_input.spec(),
+        "prompt": OmegaConf.to_container(cfg.prompt),
+        "domain": cfg.domain.name,
+        "fitted_on": f"{len(val)} held-out train/good images of {cfg.data.root}",
+        "data_hash": data_hash(val),
+    }
+    record = calibration.fit(
+        {"score": val_pred.scores, "map_max": val_pred.map_max, "map_topk": val_pred.map_topk},
+        list(cfg.eval.calibration.percentiles),
+        cfg.eval.calibration.operating_point,
+        context,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    save_predictor(directory, method, to_input, record, refs, tuple(val.images.shape[-2:]))

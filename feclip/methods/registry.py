@@ -1,0 +1,16 @@
+"""The `method` config group's registry: every method of the harness, built from the composed config."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from feclip.methods.base import Method
+from feclip.methods.feclip.method import FEClipMethod
+from feclip.registry import Registry
+
+METHODS: Registry[type[Method]] = Registry("method", key="method.name", entries={"feclip": FEClipMethod})
+
+
+def build_method(cfg: DictConfig) -> Method:
+    """The method `method.name` built from the config (on the CPU; `.to(device)` moves it)."""
+    return METHODS.get_entry(cfg.method.name).from_config(cfg)

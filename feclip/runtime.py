@@ -1,0 +1,67 @@
+"""Where and how a job computes: device, precision (bf16 autocast on CUDA), inference batch size and the
+frozen-feature cache, passed whole (`rt`) to every function that runs a model."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from feclip.errors import FeclipError
+from feclip.registry import choices
+
+DEVICES = choices("device", "device", ("auto", "cpu", "cuda"))
+PRECISIONS = choices("precision", "precision", ("auto", "fp32", "bf16"))
+CACHE_MODES = choices("frozen-feature cache mode", "train.token_cache", ("disk", "memory", "off"))
+
+
+class DeviceError(FeclipError):
+    """The device or precision asked for is not available."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """device; precision 'fp32' | 'bf16' (frozen backbone under bf16 autocast; adapters, statistics, heads
+    and losses stay fp32); batch_size: images per inference batch; cache: frozen-feature cache mode
+    (`feclip.cache`) and its folder."""
+
+    device: torch.device
+    precision: str = "fp32"
+    batch_size: int = 64
+    cache: str = "off"
+    cache_dir: Path = Path("data/cache")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A fresh autocast context for the frozen backbone (a no-op in fp32)."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def runtime(cfg: DictConfig) -> Runtime:
+    """Runtime from `device` / `precision` (auto: bf16 on CUDA, fp32 on CPU), `eval.batch_size`,
+    `train.token_cache` and `cache_dir`."""
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise DeviceError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return Runtime(
+        device,
+        precision,
+        batch_size=cfg.eval.batch_size,
+        cache=cfg.train.token_cache,
+        cache_dir=Path(cfg.cache_dir),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (data generation has its own seed)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,305 @@
+"""Variant x domain tables of tracked HDMAP runs, with the published anchor numbers of baselines.md beside.
+
+`collect_runs` reads finished MLflow runs (one row per job run: domain, variant, seed, backbone, metrics);
+`variant_domain_table` turns one metric into cells "mean ± std (n=seeds)" x100 per variant and domain, plus
+the anchor rows comparable to that metric; `write_report` writes report.md and one CSV per table.
+Tables remember how many of their runs used a random-init backbone, so every written report says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from feclip import tracking
+from feclip.data.hdmap import DOMAINS
+from feclip.errors import FeclipError
+
+PERCENT_PREFIXES = ("auroc", "ap", "acc", "f1", "tpr", "gate_acc", "pro", "pixel_auroc")
+RUN_COLUMNS = (
+    "run_id",
+    "run_name",
+    "start_time",
+    "domain",
+    "variant",
+    "seed",
+    "backbone",
+    "random_init",
+    "parent_run_id",
+    "sweep_id",
+)
+MISSING = "–"
+METRIC_NOTES = {
+    "auroc": "image AUROC over all test images",
+    "ap": "average precision over all test images",
+    "auroc_cold": "AUROC within cold (cold fault vs cold good)",
+    "auroc_warm": "AUROC within warm (warm fault vs warm good)",
+    "auroc_cross": "AUROC cold fault vs warm good (the hardest case)",
+    "auroc_cross2": "AUROC warm fault vs cold good",
+    "acc_oracle": "accuracy at the best threshold on the test scores themselves (oracle: optimistic)",
+    "acc_val": "accuracy at a percentile of held-out normal scores (deployable)",
+    "f1_max": "best F1 over thresholds on the test scores (oracle)",
+    "tpr_at_fpr1": "TPR at 1% FPR",
+}
+
+
+RANDOM_INIT_WARNING = (
+    "**Warning: {random_init} of {n_runs} runs used a random-init backbone (`feclip.random_init=true`): "
+    "these numbers test the pipeline, not FE-CLIP.**"
+)
+HOW_TO_READ = (
+    "Cells: mean ± sample std over seeds (n = seeds, shown when > 1), rate metrics x100; `mean` = mean over "
+    "the domains present. Rows starting with `anchor:` are published numbers from baselines.md, measured "
+    "under other protocols (notes under each table), shown only under the metric they are comparable to."
+)
+
+
+class ReportError(FeclipError):
+    """The runs cannot make the requested table; the message names the experiment/metric and what exists."""
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Published numbers of a baseline (baselines.md), comparable to one feclip metric."""
+
+    label: str
+    metric: str
+    values: tuple[str, str, str, str]  # A, B, C, D as published
+    note: str
+    mean: str | None = None  # as published; None -> computed from the four values
+
+    @property
+    def row(self) -> str:
+        return f"anchor: {self.label}"
+
+    def cells(self) -> list[str]:
+        mean = self.mean or f"{sum(map(float, self.values)) / len(self.values):.2f}"
+        return [*self.values, mean]
+
+
+WINCLIP_22 = "WinCLIP 0-shot 'industrial sensor data' (§2.2)"
+WINCLIP_22_NOTE = (
+    "§2.2: WinCLIP zero-shot, ViT-B-16-plus-240, 240x240, prompt class name 'industrial sensor data', "
+    "all 2000 test images, one run"
+)
+PATCHCORE = "PatchCore full 1000-train (§2.7)"
+PATCHCORE_NOTE = (
+    "§2.7: PatchCore, DINOv2 ViT-B/14 blocks.8, 518 bilinear, 1000 train normals, coreset 1%; accuracy at "
+    "the test-optimal threshold (percentile sweep on test scores = oracle: compare with acc_oracle), "
+    "1980 test images, one seed"
+)
+CPD = "CPD-PatchCore 2-layer multi-k, 32-shot (§2.9)"
+CPD_NOTE = (
+    "§2.9: CPD-PatchCore, ViT-B blocks 8+11, [f|ctx2|ctx3], references = 16 coldest + 16 warmest "
+    "test/good images (still scored); test-optimal threshold (oracle), 1980 test images, one seed"
+)
+ANCHORS = (
+    Anchor(WINCLIP_22, "auroc", ("81.93", "81.32", "73.05", "80.86"), WINCLIP_22_NOTE, "79.29"),
+    Anchor(WINCLIP_22, "auroc_cold", ("80.46", "72.33", "72.50", "71.06"), WINCLIP_22_NOTE, "74.09"),
+    Anchor(WINCLIP_22, "auroc_warm", ("84.49", "92.08", "75.53", "91.70"), WINCLIP_22_NOTE, "85.95"),
+    Anchor(WINCLIP_22, "auroc_cross", ("75.04", "66.86", "64.25", "68.69"), WINCLIP_22_NOTE, "68.71"),
+    Anchor(WINCLIP_22, "auroc_cross2", ("87.73", "94.02", "79.93", "91.99"), WINCLIP_22_NOTE, "88.42"),
+    Anchor(
+        "WinCLIP 0-shot best prompt 'sensor fault detection heatmap' (§2.1, 80% test subset)",
+        "auroc",
+        ("85.83", "97.72", "75.29", "94.15"),
+        "§2.1: WinCLIP zero-shot, best prompt by mean; AUROC over a random ~80% subset of the test images "
+        "(not the full 2000)",
+        "88.25",
+    ),
+    Anchor(PATCHCORE, "auroc", ("99.85", "99.82", "98.21", "99.77"), PATCHCORE_NOTE),
+    Anchor(PATCHCORE, "acc_oracle", ("99.09", "99.19", "94.75", "98.99"), PATCHCORE_NOTE),
+    Anchor(PATCHCORE, "acc_oracle_cold", ("99.09", "98.99", "91.63", "98.39"), PATCHCORE_NOTE),
+    Anchor(PATCHCORE, "acc_oracle_warm", ("99.09", "99.39", "97.87", "99.60"), PATCHCORE_NOTE),
+    Anchor(CPD, "auroc", ("99.996", "99.998", "99.67", "99.996"), CPD_NOTE, "99.91"),
+    Anchor(CPD, "acc_oracle", ("99.70", "99.80", "97.68", "99.90"), CPD_NOTE, "99.27"),
+    Anchor(CPD, "acc_oracle_cold", ("99.59", "99.59", "96.65", "99.80"), CPD_NOTE),
+    Anchor(CPD, "acc_oracle_warm", ("99.80", "100.00", "98.69", "100.00"), CPD_NOTE),
+)
+
+
+def anchors_for(metric: str) -> list[Anchor]:
+    return [anchor for anchor in ANCHORS if anchor.metric == metric]
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def _open_experiment(uri: str, experiment: str):
+    """(client, experiment id); `ReportError` for a missing store or experiment."""
+    tracking.check_tracking_uri(uri)
+    path = tracking.sqlite_path(uri)
+    if path and not Path(path).exists():
+        raise ReportError(
+            f"tracking database {path} (from {uri!r}) does not exist; run a job first or fix --uri"
+        )
+    client = tracking.client_for(uri)
+    exp_id = tracking.experiment_id(client, experiment, create=False)
+    if exp_id is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(
+            f"no MLflow experiment {experiment!r} at {uri}; existing: {', '.join(names) or 'none'}"
+        )
+    return client, exp_id
+
+
+def _run_row(run) -> dict:
+    tags, params = run.data.tags, run.data.params
+    return {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "start_time": run.info.start_time,
+        "domain": tags.get("domain") or params.get("domain.name"),
+        "variant": tags.get("variant") or run.info.run_name,
+        "seed": tags.get("seed") or params.get("seed") or "",
+        "backbone": tags.get("backbone") or params.get("backbone.name") or "unknown",
+        "random_init": tags.get("feclip.random_init") == "true",
+        "parent_run_id": tags.get(tracking.PARENT_TAG),
+        "sweep_id": tags.get("sweep_id"),
+        **run.data.metrics,
+    }
+
+
+def collect_runs(
+    uri: str, experiment: str, parent_run_id: str | None = None, latest_only: bool = True
+) -> pd.DataFrame:
+    """One row per FINISHED job run of `experiment` (sweep parent runs excluded), optionally only the children
+    of `parent_run_id`. Columns: RUN_COLUMNS, then one column per metric (its last logged value).
+
+    `latest_only`: of runs repeating the same (variant, domain, seed, backbone), keep the newest, so a rerun
+    supersedes instead of being averaged in; the count left out is `runs.attrs["superseded"]`."""
+    client, exp_id = _open_experiment(uri, experiment)
+    filters = ["attributes.status = 'FINISHED'"]
+    if parent_run_id:
+        filters.append(f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'")
+    found = tracking.search_all_runs(client, [exp_id], " and ".join(filters))
+    rows = [_run_row(run) for run in found if run.data.tags.get("feclip.parent") != "true"]
+    runs = pd.DataFrame(rows, columns=list(dict.fromkeys([*RUN_COLUMNS, *(k for r in rows for k in r)])))
+    runs = runs.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+    n_all = len(runs)
+    if latest_only:
+        runs = runs.drop_duplicates(["variant", "domain", "seed", "backbone"]).reset_index(drop=True)
+    runs.attrs.update(experiment=experiment, uri=uri, superseded=n_all - len(runs))
+    return runs
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric.startswith(PERCENT_PREFIXES) else 1.0
+
+
+def _cell(mean: float, std: float, n: int, digits: int) -> str:
+    if n <= 1 or math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+
+
+def _mean_cell(domain_means: pd.Series, digits: int) -> str:
+    """Mean over the domains present; names them when not all four are."""
+    text = f"{domain_means.mean():.{digits}f}"
+    return text if len(domain_means) == len(DOMAINS) else f"{text} ({', '.join(domain_means.index)} only)"
+
+
+def variant_domain_table(runs: pd.DataFrame, metric: str, digits: int = 1) -> pd.DataFrame:
+    """Rows = variants (with `[backbone]` when the runs mix backbones) then the anchor rows for `metric`;
+    columns A B C D mean; cells "93.4 ± 0.5 (n=3)" = mean ± sample std over seeds, x100 for rate metrics,
+    "–" where no run exists. attrs: metric, n_runs, backbones {name: runs}, random_init (runs), experiment."""
+    if metric not in runs.columns:
+        logged = sorted(set(runs.columns) - set(RUN_COLUMNS))
+        raise ReportError(
+            f"metric {metric!r} was logged by none of the {len(runs)} runs; logged: {', '.join(logged)}"
+        )
+    data = runs[runs["domain"].isin(DOMAINS) & runs[metric].notna()]
+    mixed = data["backbone"].nunique() > 1
+    rows = data["variant"] + (" [" + data["backbone"] + "]" if mixed else "")
+    values = data[metric].astype(float) * _scale(metric)
+    stats = values.groupby([rows, data["domain"]]).agg(["mean", "std", "count"])
+    table = pd.DataFrame(
+        MISSING, index=pd.Index(sorted(set(rows)), name="variant"), columns=[*DOMAINS, "mean"]
+    )
+    for (row, domain), s in stats.iterrows():
+        table.loc[row, domain] = _cell(s["mean"], s["std"], int(s["count"]), digits)
+    for row in table.index:
+        table.loc[row, "mean"] = _mean_cell(stats.loc[row, "mean"], digits)
+    for anchor in anchors_for(metric):
+        table.loc[anchor.row] = anchor.cells()
+    table.attrs.update(
+        metric=metric,
+        n_runs=len(data),
+        backbones=dict(Counter(data["backbone"])),
+        random_init=int(data["random_init"].sum()),
+        experiment=runs.attrs.get("experiment"),
+        superseded=runs.attrs.get("superseded", 0),
+    )
+    return table
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _markdown(table: pd.DataFrame) -> list[str]:
+    header = [table.index.name or "", *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        "| " + " | ".join([str(row), *map(str, cells)]) + " |"
+        for row, cells in zip(table.index, table.values, strict=True)
+    ]
+    return lines
+
+
+def report_header(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Title, runs and backbones, the random-init warning when any run used one, how to read the cells."""
+    first = next(iter(tables.values()))
+    backbones: dict[str, int] = {}
+    for table in tables.values():
+        for name, count in table.attrs.get("backbones", {}).items():
+            backbones[name] = max(backbones.get(name, 0), count)
+    n_runs = max(table.attrs.get("n_runs", 0) for table in tables.values())
+    random_init = max(table.attrs.get("random_init", 0) for table in tables.values())
+    used = ", ".join(f"{name} ({count} runs)" for name, count in sorted(backbones.items())) or "none"
+    superseded = first.attrs.get("superseded", 0)
+    lines = [f"# FE-CLIP HDMAP report: experiment `{first.attrs.get('experiment')}`", ""]
+    lines += [f"Runs: {n_runs} finished job runs ({superseded} older reruns left out). Backbone: {used}.", ""]
+    if random_init:
+        lines += [RANDOM_INIT_WARNING.format(random_init=random_init, n_runs=n_runs), ""]
+    return [*lines, HOW_TO_READ, ""]
+
+
+def write_report(
+    tables: dict[str, pd.DataFrame], out_dir: str | Path, runs: pd.DataFrame | None = None
+) -> Path:
+    """Write `<out_dir>/report.md` (header + one section per metric), `<metric>.csv` per table and, when
+    given, `runs.csv` (one row per run). Returns the markdown path."""
+    if not tables:
+        raise ReportError("write_report got no tables; expected {metric: variant_domain_table(...)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = report_header(tables)
+    for metric, table in tables.items():
+        scaled = " (x100)" if _scale(metric) != 1 else ""
+        lines += [f"## {metric}{scaled}", "", METRIC_NOTES.get(metric, metric), "", *_markdown(table), ""]
+        lines += [f"- `{a.row}`: {a.note}" for a in anchors_for(metric) if a.row in table.index]
+        lines.append("")
+        table.to_csv(out / f"{metric}.csv", index_label="row")
+    if runs is not None:
+        runs.sort_values(["variant", "domain", "seed"]).to_csv(out / "runs.csv", index=False)
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def build_report(
+    uri: str, experiment: str, metrics: list[str], out_dir: str | Path, parent_run_id: str | None = None
+) -> Path:
+    """collect_runs -> one table per metric -> write_report; the CLI `scripts/report.py`."""
+    runs = collect_runs(uri, experiment, parent_run_id)
+    if runs.empty:
+        scope = f"children of run {parent_run_id}" if parent_run_id else "runs"
+        raise ReportError(f"experiment {experiment!r} at {uri} has no finished {scope}")
+    return write_report({metric: variant_domain_table(runs, metric) for metric in metrics}, out_dir, runs)

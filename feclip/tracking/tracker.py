@@ -1,0 +1,245 @@
+"""One MLflow run for one job (`Tracker`): params flattened from the config, metrics, artifacts; a failing
+body ends the run FAILED with `failure_reason`; `enabled=False` makes every method a no-op. Non-finite metric
+values are not logged (MLflow charts and sorting break on NaN); their names are listed in the run tag
+`feclip.nonfinite_metrics`, so "not computed" stays distinguishable from "never logged".
+
+Only `MlflowClient` is used (never the fluent `mlflow.start_run` stack), so a parent run and a child run can
+be open in the same process (Hydra's basic launcher)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from feclip.tracking.uris import TrackingError, one_line
+
+TRUNCATION_MARKER = "...[truncated]"
+MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+MAX_TAG_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+PARENT_TAG = "mlflow.parentRunId"
+NONFINITE_TAG = "feclip.nonfinite_metrics"
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists -> {dotted key: leaf}; list items get their index (`a.b.0`); empty ones stay."""
+    flat: dict[str, Any] = {}
+    items = cfg.items() if isinstance(cfg, Mapping) else enumerate(cfg)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (Mapping, list, tuple)) and len(value) > 0:
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def param_key(key: str) -> str:
+    """MLflow keys allow letters, digits and `_ - . space : /`; anything else becomes `_`."""
+    return re.sub(r"[^\w\-. :/]", "_", str(key))
+
+
+def truncate(value: Any, limit: int) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ------------------------------------------------------------------------------------------- Tracker
+
+
+def client_for(uri: str):
+    """An `MlflowClient` bound to `uri` (no global tracking state)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def experiment_id(client, name: str, create: bool = True) -> str | None:
+    """Id of the active experiment `name`; created when missing (`create`), safe against parallel creators."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None and create:
+        try:
+            return client.create_experiment(name)
+        except Exception as error:  # usually: another job created it in between
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise TrackingError(
+                    f"cannot create MLflow experiment {name!r}: {one_line(error, 200)}"
+                ) from None
+    if experiment is None:
+        return None
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another "
+            "tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+class Tracker:
+    """One MLflow run for one job: `with Tracker(...) as tracker:`; disabled -> every method is a no-op.
+
+    On an exception inside the `with`, the run ends FAILED (KILLED for KeyboardInterrupt) with the tag
+    `failure_reason` and the artifact `traceback.txt`, and the exception propagates.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        enabled: bool = True,
+    ):
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.parent_run_id, self.enabled = parent_run_id, enabled
+        self._client = None
+        self._run_id: str | None = None
+        self._nonfinite: set[str] = set()
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id while/after the run is open; None when disabled."""
+        return self._run_id
+
+    def __enter__(self) -> Tracker:
+        if not self.enabled:
+            return self
+        from mlflow.tracking.context.registry import resolve_tags
+
+        self._client = client_for(self.uri)
+        exp_id = experiment_id(self._client, self.experiment)
+        tags = resolve_tags({**self._parent_tags(exp_id), **self.tags})
+        run = self._client.create_run(exp_id, run_name=self.run_name, tags=tags)
+        self._run_id = run.info.run_id
+        return self
+
+    def _parent_tags(self, exp_id: str) -> dict[str, str]:
+        """`mlflow.parentRunId` (+ the parent's `sweep_id`) when the parent exists in this experiment."""
+        if not self.parent_run_id:
+            return {}
+        try:
+            parent = self._client.get_run(self.parent_run_id)
+        except Exception as error:  # a missing parent must not stop the job
+            warnings.warn(
+                f"parent run {self.parent_run_id} not found at {self.uri}: {one_line(error, 120)}",
+                stacklevel=3,
+            )
+            return {}
+        if parent.info.experiment_id != exp_id:
+            warnings.warn(
+                f"parent run {self.parent_run_id} is in another experiment; not nesting", stacklevel=3
+            )
+            return {}
+        sweep = {"sweep_id": parent.data.tags["sweep_id"]} if "sweep_id" in parent.data.tags else {}
+        return {PARENT_TAG: self.parent_run_id, **sweep}
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._run_id is None:
+            return False
+        if exc is None:
+            self._client.set_terminated(self._run_id, "FINISHED")
+            return False
+        try:
+            self._client.set_tag(
+                self._run_id, "failure_reason", truncate(f"{exc_type.__name__}: {exc}", MAX_TAG_LENGTH)
+            )
+            self._client.log_text(self._run_id, "".join(traceback.format_exception(exc)), "traceback.txt")
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            self._client.set_terminated(self._run_id, status)
+        except Exception as error:  # never hide the job's own exception
+            warnings.warn(f"could not mark run {self._run_id} failed: {one_line(error, 200)}", stacklevel=2)
+        return False
+
+    def _open(self) -> bool:
+        if not self.enabled:
+            return False
+        if self._run_id is None:
+            raise TrackingError("Tracker methods need an open run: use `with Tracker(...) as tracker:`")
+        return True
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log `params` (nested dicts/lists flattened to dotted keys; values over 6000 chars truncated with
+        `...[truncated]`) in batches."""
+        if not self._open():
+            return
+        from mlflow.entities import Param
+
+        entries = [
+            Param(param_key(k), truncate(v, MAX_PARAM_LENGTH)) for k, v in flatten_config(params).items()
+        ]
+        for batch in _batches(entries, PARAMS_PER_BATCH):
+            self._client.log_batch(self._run_id, params=batch)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log numeric `metrics` at `step` (default 0). Non-finite values are skipped and named in the tag
+        `feclip.nonfinite_metrics`; a non-numeric value is a `TrackingError`."""
+        if not self._open():
+            return
+        from mlflow.entities import Metric
+
+        now, entries, skipped = int(time.time() * 1000), [], set()
+        for key, value in metrics.items():
+            number = _as_float(key, value)
+            if math.isfinite(number):
+                entries.append(Metric(param_key(key), number, now, step or 0))
+            else:
+                skipped.add(param_key(key))
+        for batch in _batches(entries, METRICS_PER_BATCH):
+            self._client.log_batch(self._run_id, metrics=batch)
+        if skipped - self._nonfinite:
+            self._nonfinite |= skipped
+            self._client.set_tag(
+                self._run_id, NONFINITE_TAG, truncate(",".join(sorted(self._nonfinite)), MAX_TAG_LENGTH)
+            )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not self._open():
+            return
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(str(k), truncate(v, MAX_TAG_LENGTH)) for k, v in tags.items()]
+        for batch in _batches(entries, PARAMS_PER_BATCH):
+            self._client.log_batch(self._run_id, tags=batch)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        """Upload every file under `local_dir` (keeping the tree) into the run's artifacts."""
+        if self._open():
+            self._client.log_artifacts(self._run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._open():
+            self._client.log_artifact(self._run_id, str(path), artifact_path)
+
+
+def _as_float(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TrackingError(f"metric {key!r} has non-numeric value {value!r}; expected a number") from None
+
+
+def search_all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every active run matching `filter_string` (all result pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs

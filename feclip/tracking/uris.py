@@ -1,0 +1,142 @@
+"""Tracking URIs: which store a job logs to, and a fast one-line `TrackingError` when it is unusable (closed
+http port, refused scheme, unwritable sqlite path) before any work starts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from feclip.errors import FeclipError
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+CHECK_TIMEOUT_S = 5
+UNCHECKED_SCHEMES = ("postgresql", "mysql", "mssql", "databricks")
+
+
+class TrackingError(FeclipError):
+    """The tracking store or a tracking call is unusable; the message names the URI/file and the fix."""
+
+
+def _default_base_dir() -> Path:
+    """The launch directory: Hydra's `runtime.cwd` in a Hydra job (whatever `hydra.job.chdir`), else cwd."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def resolve_tracking_uri(uri: str | None, base_dir: str | Path | None = None) -> str:
+    """The tracking URI to use: `MLFLOW_TRACKING_URI` env, else `uri`, else `sqlite:///<base_dir>/mlflow.db`.
+
+    A relative sqlite path is made absolute against `base_dir` (default: the launch directory), so a job
+    whose cwd Hydra changed still writes to the same database.
+    """
+    chosen = (os.environ.get(ENV_URI) or uri or "sqlite:///mlflow.db").strip()
+    base = Path(base_dir) if base_dir is not None else _default_base_dir()
+    path = sqlite_path(chosen)
+    if path is None or path in ("", ":memory:") or Path(path).expanduser().is_absolute():
+        return chosen
+    query = chosen.partition("?")[1:]
+    return f"sqlite:///{(base / path).resolve()}{''.join(query)}"
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The file path of a `sqlite:///path` URI ('' for `sqlite://`), None for other schemes."""
+    if not uri.startswith("sqlite:"):
+        return None
+    return uri.removeprefix("sqlite:").removeprefix("///").removeprefix("//").split("?", 1)[0]
+
+
+def check_tracking_uri(uri: str, timeout_s: int = CHECK_TIMEOUT_S) -> None:
+    """Raise a one-line `TrackingError` (within about `timeout_s`) when `uri` cannot be used for tracking."""
+    scheme = urlsplit(uri).scheme
+    if scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+    elif scheme in ("", "file"):
+        raise TrackingError(
+            f"tracking URI {uri!r} is a file store, which mlflow 3 refuses; "
+            "use sqlite:///mlflow.db or http://host:port (tracking.uri or MLFLOW_TRACKING_URI)"
+        )
+    elif scheme not in UNCHECKED_SCHEMES:
+        raise TrackingError(
+            f"tracking URI {uri!r} has unsupported scheme {scheme!r}; expected sqlite:///path, "
+            f"http(s)://host:port or {', '.join(UNCHECKED_SCHEMES)}"
+        )
+
+
+def _check_sqlite(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path in ("", ":memory:"):
+        raise TrackingError(f"tracking URI {uri!r} is an in-memory database; use sqlite:///<file>.db")
+    file = Path(path).expanduser()
+    if file.exists():
+        if not (file.is_file() and os.access(file, os.R_OK | os.W_OK) and os.access(file.parent, os.W_OK)):
+            raise TrackingError(
+                f"tracking database {file} (from {uri!r}) is not a readable and writable file"
+            )
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{file}?mode=ro", uri=True)) as db:
+                db.execute("select count(*) from sqlite_master")
+        except sqlite3.DatabaseError as error:
+            raise TrackingError(
+                f"tracking database {file} (from {uri!r}) is not a sqlite database: {error}"
+            ) from None
+        return
+    existing = next(p for p in file.parents if p.exists())  # mlflow creates the missing folders
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise TrackingError(
+            f"tracking database {file} (from {uri!r}) cannot be created: {existing} is not a writable "
+            "folder; point tracking.uri or MLFLOW_TRACKING_URI to a writable path"
+        )
+
+
+@contextlib.contextmanager
+def fast_http(timeout_s: int) -> Iterator[None]:
+    """MLflow REST calls without the retry loop (default: 7 retries with backoff: minutes), time-bounded.
+    Sets process environment variables for the duration: not for concurrent use from threads."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _check_server(uri: str, timeout_s: int) -> None:
+    from mlflow import MlflowClient
+
+    try:
+        with fast_http(timeout_s):
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # any failure means the same thing here
+        raise TrackingError(
+            f"tracking server {uri} is not usable ({http_reason(error)}); start it "
+            f"(mlflow server --host HOST --port PORT --backend-store-uri sqlite:///mlflow.db) or set "
+            f"tracking.uri / {ENV_URI} to a reachable server or sqlite:///mlflow.db"
+        ) from None
+
+
+def http_reason(error: Exception) -> str:
+    """Root cause of a failed REST call (`[Errno 111] Connection refused`), else the message, shortened."""
+    cause = re.search(
+        r"\[Errno -?\d+\][^'\")]*|Read timed out|timed out|HTTP status \d+|status_code=\d+", str(error)
+    )
+    return cause.group(0).strip() if cause else one_line(error, 200)
+
+
+def one_line(error: BaseException | str, limit: int) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,142 @@
+"""Apply a trained model in the field: calibration stored with the checkpoint, predict on a TIFF folder."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+from helpers import compose
+
+from feclip.evaluation import calibration
+from feclip.evaluation.predictor import PredictError, list_inputs, load_predictor, predict_files
+from feclip.jobs.run import main
+from feclip.runtime import Runtime
+from feclip.tracking import JobInfo
+
+
+def _cfg(overrides: list[str]):
+    return compose(*overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """1 epoch on synthetic domain C (1000 train normals: 100 held out for calibration), 500 + 500 test."""
+    tmp = tmp_path_factory.mktemp("predict")
+    cfg = _cfg(
+        [
+            "domain=C",
+            f"data.root={tmp / 'hdmap'}",
+            "data.synthetic.n_train=1000",
+            "data.synthetic.n_test=500",
+            "train.epochs=1",
+            "aux.max_normals=200",
+            "tracking.enabled=false",
+            f"cache_dir={tmp / 'cache'}",
+            "eval.figures=false",
+            "eval.calibration.operating_point=p99",
+        ]
+    )
+    main(cfg, tmp / "train", JobInfo("train", "train"))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def field(trained):
+    """The synthetic test folder copied elsewhere under new names, plus a corrupt file and a resized map."""
+    field = trained / "field"
+    field.mkdir()
+    for label in ("good", "fault"):
+        for path in sorted((trained / "hdmap" / "domain_C" / "test" / label).glob("*.tiff")):
+            shutil.copy(path, field / f"{label}_{path.name}")
+    (field / "zz_corrupt.tiff").write_bytes(b"not a tiff at all")
+    tifffile.imwrite(field / "zz_other_shape.tiff", np.full((40, 100), 0.3, dtype=np.float32))
+    return field
+
+
+@pytest.fixture(scope="module")
+def predicted(trained, field):
+    cfg = _cfg(
+        [
+            "mode=predict",
+            f"model.checkpoint={trained / 'train' / 'checkpoint'}",
+            f"predict.input={field}",
+            "tracking.enabled=false",
+            "predict.overlays=true",
+            "predict.batch_size=100",
+        ]
+    )
+    main(cfg, trained / "predict", JobInfo("predict", "predict"))
+    return pd.read_csv(trained / "predict" / "predictions.csv"), trained / "predict"
+
+
+def test_decisions_match_the_calibration_record(trained, predicted):
+    table, _ = predicted
+    record = json.loads((trained / "train" / "checkpoint" / "predictor.json").read_text())["calibration"]
+    assert record["operating_point"] == "p99" and record["n_normals"] == 100
+    assert len(record["data_hash"]) == 16 and record["input"]["size"] == [64, 192]
+    scored = table[~table["status"].str.startswith("error")]
+    expected = np.where(calibration.decide(scored["score"].to_numpy(), record), "fault", "normal")
+    assert (scored["decision"].to_numpy() == expected).all()
+    z = calibration.zscore(scored["score"].to_numpy(), record)
+    np.testing.assert_allclose(scored["zscore"].to_numpy(), z, rtol=1e-6, atol=1e-6)
+
+
+def test_false_alarm_rate_on_test_normals_is_near_the_promise(predicted):
+    table, _ = predicted
+    normals = table[table["path"].str.contains("/good_")]
+    assert len(normals) == 500
+    false_alarms = (normals["decision"] == "fault").mean()
+    print(f"false-alarm rate at p99 on {len(normals)} synthetic test normals: {false_alarms:.4f}")
+    assert false_alarms <= 0.02
+
+
+def test_bad_files_are_reported_not_fatal(predicted):
+    table, out = predicted
+    assert len(table) == 1002
+    corrupt = table[table["path"].str.endswith("zz_corrupt.tiff")].iloc[0]
+    assert corrupt["status"].startswith("error") and pd.isna(corrupt["score"])
+    assert (
+        table[table["path"].str.endswith("zz_other_shape.tiff")]["status"].iloc[0] == "shape_mismatch 40x100"
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_errors"] == 1 and summary["first_errors"][0].endswith("zz_corrupt.tiff")
+    flagged = (table["decision"] == "fault").sum()
+    assert summary["n_flagged"] == flagged and len(list((out / "overlays").glob("*.png"))) == flagged
+
+
+def test_checkpoint_rebuilds_the_model_without_the_config(trained):
+    """The loaded predictor reproduces the training run's own test scores (scores.csv)."""
+    predictor = load_predictor(trained / "train" / "checkpoint", torch.device("cpu"))
+    scores = pd.read_csv(trained / "train" / "scores.csv").head(8)
+    images = torch.from_numpy(np.stack([tifffile.imread(p) for p in scores["path"]]))
+    with torch.inference_mode():
+        out = predictor.method.forward(predictor.to_input(images))
+    np.testing.assert_allclose(out.score.numpy(), scores["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_folder_and_missing_checkpoint_are_one_line_errors(tmp_path):
+    with pytest.raises(PredictError, match="no TIFF files"):
+        list_inputs(str(tmp_path))
+    with pytest.raises(PredictError, match="predictor.json"):
+        load_predictor(tmp_path, torch.device("cpu"))
+
+
+def test_a_fitted_gate_labels_new_files_but_the_oracle_is_refused(trained, field, tmp_path):
+    for state in ({"name": "p90", "threshold": 0.3, "temperature": 0.01}, {"name": "oracle"}):
+        checkpoint = shutil.copytree(trained / "train" / "checkpoint", tmp_path / state["name"])
+        spec = json.loads((checkpoint / "predictor.json").read_text())
+        (checkpoint / "predictor.json").write_text(json.dumps({**spec, "gate": state}))
+        if state["name"] == "oracle":
+            with pytest.raises(PredictError, match="gate 'oracle' needs labels"):
+                load_predictor(checkpoint, torch.device("cpu"))
+            continue
+        predictor = load_predictor(checkpoint, torch.device("cpu"))
+        files = sorted(field.glob("good_*.tiff"))[:4] + sorted(field.glob("good_*.tiff"))[-4:]
+        table = predict_files(
+            predictor, files, Runtime(torch.device("cpu"), batch_size=8), operating_point="p99"
+        )
+        # synthetic C: the 4 coldest normals read cold, the 4 warmest warm (p90 midpoint ~0.31)
+        assert table["gate"].tolist() == ["cold"] * 4 + ["warm"] * 4

@@ -1,0 +1,184 @@
+"""feclip.report and scripts/report.py on fabricated runs logged into a tmp sqlite store."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from feclip.tracking import report
+from feclip.tracking.report import ReportError
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "report.py"
+WINCLIP_ROW = "anchor: WinCLIP 0-shot 'industrial sensor data' (§2.2)"
+PATCHCORE_ROW = "anchor: PatchCore full 1000-train (§2.7)"
+CPD_ROW = "anchor: CPD-PatchCore 2-layer multi-k, 32-shot (§2.9)"
+
+
+def _log(client, exp_id, start, variant, domain, seed, metrics, status="FINISHED", backbone="tiny", **tags):
+    tags = {
+        "variant": variant,
+        "domain": domain,
+        "seed": str(seed),
+        "backbone": backbone,
+        "feclip.random_init": str(backbone == "tiny").lower(),
+        **tags,
+    }
+    run = client.create_run(exp_id, start_time=start, tags=tags, run_name=f"{domain}-{variant}")
+    for key, value in metrics.items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Experiment `rep` (tiny, random init): dct on A (2 seeds), B, C, D; fft on C (plus an older rerun that
+    the newer one supersedes); a failed run and a sweep parent run that must not count.
+    Experiment `rep_pretrained`: one run of a pretrained backbone, children of one parent."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('report') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rep")
+    rows = [
+        ("dct", "A", 0, 0.90, 0.95),
+        ("dct", "A", 1, 0.92, 0.97),
+        ("dct", "B", 0, 0.80, 0.85),
+        ("dct", "C", 0, 0.70, 0.75),
+        ("dct", "D", 0, 0.61, 0.66),
+        ("fft", "C", 0, 0.10, 0.1),
+        ("fft", "C", 0, 0.50, 0.55),
+    ]
+    for start, (variant, domain, seed, auroc, acc) in enumerate(rows):
+        _log(
+            client,
+            exp,
+            1000 + start,
+            variant,
+            domain,
+            seed,
+            {"auroc": auroc, "acc_oracle": acc, "acc_val": acc},
+        )
+    _log(client, exp, 2000, "dct", "B", 1, {"auroc": 0.0}, status="FAILED")
+    _log(client, exp, 2001, "sweep", "", "", {"auroc": 0.99}, **{"feclip.parent": "true"})
+    pretrained = client.create_experiment("rep_pretrained")
+    parent = _log(client, pretrained, 1, "sweep", "", "", {}, **{"feclip.parent": "true"})
+    _log(
+        client,
+        pretrained,
+        2,
+        "dct",
+        "C",
+        0,
+        {"auroc": 0.93},
+        backbone="vit_l14_336",
+        **{"mlflow.parentRunId": parent},
+    )
+    _log(client, pretrained, 3, "fft", "C", 0, {"auroc": 0.91}, backbone="vit_l14_336")
+    return {"uri": uri, "parent": parent}
+
+
+def test_collect_runs_keeps_finished_job_runs_newest_rerun(store):
+    runs = report.collect_runs(store["uri"], "rep")
+    assert len(runs) == 6 and runs.attrs["superseded"] == 1
+    assert set(runs["variant"]) == {"dct", "fft"}
+    assert runs.loc[runs["variant"] == "fft", "auroc"].tolist() == [0.5]  # the newer rerun
+    assert runs["random_init"].all() and {"auroc", "acc_oracle", "acc_val"} <= set(runs.columns)
+
+
+def test_collect_runs_of_one_parent(store):
+    runs = report.collect_runs(store["uri"], "rep_pretrained", parent_run_id=store["parent"])
+    assert runs["variant"].tolist() == ["dct"]
+
+
+def test_collect_runs_errors(store, tmp_path):
+    with pytest.raises(ReportError, match="no MLflow experiment 'nope' .*existing: .*rep"):
+        report.collect_runs(store["uri"], "nope")
+    with pytest.raises(ReportError, match="does not exist"):
+        report.collect_runs(f"sqlite:///{tmp_path}/none.db", "rep")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_auroc_table_cells_mean_and_anchors(store):
+    table = report.variant_domain_table(report.collect_runs(store["uri"], "rep"), "auroc")
+    assert table.loc["dct"].tolist() == ["91.0 ± 1.4 (n=2)", "80.0", "70.0", "61.0", "75.5"]
+    assert table.loc["fft"].tolist() == ["–", "–", "50.0", "–", "50.0 (C only)"]
+    assert table.loc[WINCLIP_ROW].tolist() == ["81.93", "81.32", "73.05", "80.86", "79.29"]
+    assert table.loc[PATCHCORE_ROW].tolist() == ["99.85", "99.82", "98.21", "99.77", "99.41"]  # mean computed
+    assert table.loc[CPD_ROW, "C"] == "99.67"
+    assert any("80% test subset" in row for row in table.index)
+    assert table.attrs["random_init"] == 6 and table.attrs["backbones"] == {"tiny": 6}
+
+
+def test_anchors_only_under_their_metric(store):
+    runs = report.collect_runs(store["uri"], "rep")
+    oracle = report.variant_domain_table(runs, "acc_oracle")
+    assert oracle.loc[PATCHCORE_ROW].tolist()[:4] == ["99.09", "99.19", "94.75", "98.99"]
+    assert oracle.loc[CPD_ROW].tolist() == ["99.70", "99.80", "97.68", "99.90", "99.27"]
+    assert WINCLIP_ROW not in oracle.index
+    deployable = report.variant_domain_table(runs, "acc_val")
+    assert list(deployable.index) == ["dct", "fft"]  # no published number uses a deployable threshold
+    with pytest.raises(ReportError, match="metric 'f1_max' was logged by none of the 6 runs"):
+        report.variant_domain_table(runs, "f1_max")
+
+
+def test_mixed_backbones_get_separate_rows_and_std_is_sample_std():
+    runs = pd.DataFrame(
+        {
+            "variant": ["dct"] * 4,
+            "domain": ["A", "A", "A", "B"],
+            "seed": ["0", "1", "2", "0"],
+            "backbone": ["tiny", "tiny", "tiny", "vit_b16"],
+            "random_init": [True, True, True, False],
+            "thr_oracle": [0.5, 0.6, 0.7, 0.2],
+        }
+    )
+    table = report.variant_domain_table(runs, "thr_oracle", digits=2)  # not a rate: not x100
+    assert table.loc["dct [tiny]", "A"] == "0.60 ± 0.10 (n=3)"
+    assert table.loc["dct [vit_b16]"].tolist() == ["–", "0.20", "–", "–", "0.20 (B only)"]
+
+
+def test_write_report_markdown_csv_and_random_init_warning(store, tmp_path):
+    runs = report.collect_runs(store["uri"], "rep")
+    tables = {m: report.variant_domain_table(runs, m) for m in ("auroc", "acc_oracle")}
+    path = report.write_report(tables, tmp_path / "out", runs)
+    text = path.read_text()
+    assert "**Warning: 6 of 6 runs used a random-init backbone" in text and "not FE-CLIP.**" in text
+    assert "Backbone: tiny (6 runs)" in text and "1 older reruns left out" in text
+    assert "## auroc (x100)" in text and "| dct | 91.0 ± 1.4 (n=2) | 80.0 | 70.0 | 61.0 | 75.5 |" in text
+    assert f"- `{PATCHCORE_ROW}`: §2.7" in text and "compare with acc_oracle" in text
+    csv = pd.read_csv(tmp_path / "out" / "auroc.csv", index_col=0, dtype=str, keep_default_na=False)
+    assert csv.loc["dct"].tolist() == tables["auroc"].loc["dct"].tolist()
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 6
+
+
+def test_pretrained_report_has_no_warning(store, tmp_path):
+    runs = report.collect_runs(store["uri"], "rep_pretrained")
+    text = report.write_report({"auroc": report.variant_domain_table(runs, "auroc")}, tmp_path).read_text()
+    assert "Warning" not in text and "Backbone: vit_l14_336 (2 runs)" in text
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("report_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_writes_report_and_fails_in_one_line(store, tmp_path, capsys):
+    script = _script()
+    out = tmp_path / "report"
+    args = ["--uri", store["uri"], "--experiment", "rep", "--metrics", "auroc", "acc_val", "--out", str(out)]
+    assert script.main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["acc_val.csv", "auroc.csv", "report.md", "runs.csv"]
+    assert script.main(["--uri", store["uri"], "--experiment", "missing", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("report: error: no MLflow experiment 'missing'") and error.count("\n") == 1
+
+
+def test_anchor_means_match_published_means():
+    for anchor in report.ANCHORS:
+        if anchor.mean is not None:
+            computed = sum(map(float, anchor.values)) / 4
+            assert math.isclose(computed, float(anchor.mean), abs_tol=0.011), anchor.row
