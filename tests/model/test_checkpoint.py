@@ -1,12 +1,14 @@
 """Checkpoints: exact round trip of the trainable state, description, extra, and each mismatch error."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from feclip.model.backbone import ClipBackbone
 from feclip.model.checkpoint import (
     DESCRIPTION_FILE,
     WEIGHTS_FILE,
@@ -119,3 +121,26 @@ def test_plain_clip_round_trip(backbone, tmp_path):
     net = make(backbone, 1, adapters=False)
     save_checkpoint(tmp_path / "plain", net, input_size=(224, 224))
     assert load_checkpoint(tmp_path / "plain", make(backbone, 2, adapters=False)) == {}
+
+
+def test_a_format_1_checkpoint_still_loads_and_reproduces_its_outputs():
+    """tests/model/fixtures/checkpoint_v1 was written by feclip 0.1.0 (flat config, format 1) from a tiny
+    backbone seeded 0, with its outputs on a seeded input stored beside it."""
+    fixture = Path(__file__).parent / "fixtures" / "checkpoint_v1"
+    expected = json.loads((fixture / "expected.json").read_text())
+    description = read_description(fixture)
+    assert description["config"]["freq"] == {
+        "transform": "dct",
+        "conv_adapter": False,
+        "ffe": {"enabled": True, "window": [1, 3]},
+        "lfs": {"enabled": True, "window": [3, 3], "statistic": "abs", "kernel": 1},
+    }
+    torch.manual_seed(0)
+    backbone = ClipBackbone("feclip-tiny")
+    net = FEClip(backbone, FEClipConfig(**description["config"]), torch.tensor(expected["text_features"]))
+    assert load_checkpoint(fixture, net)["note"].startswith("written by feclip 0.1.0")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = net.eval()(torch.randn(2, 3, 64, 192))
+    torch.testing.assert_close(out.score, torch.tensor(expected["score"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.map.amax((1, 2)), torch.tensor(expected["map_max"]), rtol=1e-5, atol=1e-6)
