@@ -1,63 +1,231 @@
 """Frozen features, computed once and reused: the part of a method's forward that never trains.
 
 The backbone is frozen and no augmentation is used, so what a method computes before its first learnable
-module depends only on (the method's frozen identity, the input transform, the images, the precision): for
-FE-CLIP the tokens entering the first tap block. Training and evaluation then run only the rest. Modes
-(`train.token_cache`): `off` (full forward every time), `memory` (computed once per run), `disk` (stored
-under `cache_dir` keyed by a hash of those inputs, memory-mapped, shared by the jobs of a sweep; a changed
-input gives a new key).
+module depends only on the method's frozen identity (model name and config, activation, weights, where the
+frozen part ends, the version of the code that computes it), the input transform, the images, the precision
+and the device kind. For FE-CLIP that is the tokens entering the first tap block. Training and evaluation then
+run only the rest. Modes (`train.token_cache`): `off` (full forward every time), `memory` (computed once per
+run), `disk` (stored under `cache_dir`, shared by the jobs of a sweep; any changed input gives a new key).
+
+A disk entry is `<key>.npy` (the features, written chunk by chunk into a memory map, never concatenated in
+RAM, and memory-mapped on read) plus `<key>.json` (what it holds, written last: an entry without it is
+incomplete). Features are stored in `train.cache_dtype` (`auto`: the run's precision; bf16 halves the disk
+and RAM of fp32 tokens and is what a bf16 run computes anyway). An unreadable or truncated entry is reported
+in one line and recomputed. `train.cache_max_gb` caps the folder: the least recently used entries are removed
+first. List or clear the cache with
+
+    python -m feclip.cache --list [--dir data/cache]
+    python -m feclip.cache --clear [--older-than DAYS] [--dir data/cache]
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from feclip.data.sets import ImageSet
+from feclip.errors import FeclipError
+from feclip.registry import choices
 from feclip.runtime import Runtime
 
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """sha1 over the module's parameters and buffers (names, shapes, bytes)."""
-    digest = hashlib.sha1()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+CACHE_DTYPES = choices("cache storage dtype", "train.cache_dtype", ("auto", "fp32", "bf16"))
+STORAGE = {"fp32": (torch.float32, np.float32), "bf16": (torch.bfloat16, np.int16)}  # bf16 bits as int16
 
 
-def cache_key(frozen_key: str, images: ImageSet, precision: str) -> str:
-    """frozen_key: the method's `frozen_key()` (its frozen weights and where the frozen part ends)."""
-    parts = [frozen_key, images.fingerprint(), precision]
+class CacheError(FeclipError):
+    """A cache folder or setting is unusable."""
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """Frozen features of N images and the model input size (h, w) they were computed from."""
+
+    features: torch.Tensor  # (N, ...)
+    input_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index) -> Frozen:
+        return Frozen(self.features[index], self.input_size)
+
+    def to(self, device: torch.device) -> Frozen:
+        return Frozen(self.features.to(device), self.input_size)
+
+
+def storage_dtype(rt: Runtime, dtype: str = "auto") -> str:
+    """'fp32' | 'bf16': `dtype`, or the run's precision for 'auto'."""
+    return CACHE_DTYPES.get_entry(dtype) if dtype != "auto" else rt.precision
+
+
+def cache_key(frozen_key: str, images: ImageSet, *, precision: str, device: str, dtype: str) -> str:
+    """frozen_key: the method's `frozen_key()`; the rest: what else changes the stored numbers."""
+    parts = [frozen_key, images.fingerprint(), precision, device, dtype]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:20]
 
 
+def _batches(images: ImageSet, rt: Runtime):
+    for start in tqdm(range(0, len(images), rt.batch_size), desc="frozen features", unit="batch"):
+        yield torch.arange(start, min(start + rt.batch_size, len(images)))
+
+
 @torch.inference_mode()
-def compute_frozen(method, images: ImageSet, rt: Runtime) -> torch.Tensor:
-    """The method's frozen features (N, ...) on the CPU, computed in batches on `rt.device`."""
+def compute_frozen(method, images: ImageSet, rt: Runtime) -> Frozen:
+    """The method's frozen features of every image, on the CPU (in memory)."""
     chunks = []
-    for start in tqdm(range(0, len(images), rt.batch_size), desc="frozen tokens", leave=False):
-        index = torch.arange(start, min(start + rt.batch_size, len(images)))
+    for index in _batches(images, rt):
         with rt.autocast():
             chunks.append(method.frozen(images.inputs(index, rt.device)).cpu())
-    return torch.cat(chunks)
+    return Frozen(torch.cat(chunks), _input_size(images, rt))
 
 
-def frozen_features(method, images: ImageSet, rt: Runtime) -> torch.Tensor | None:
-    """The set's frozen features per `rt.cache`, or None (mode off, or a method that caches nothing)."""
+def _input_size(images: ImageSet, rt: Runtime) -> tuple[int, int]:
+    return tuple(int(v) for v in images.inputs(torch.arange(1), rt.device).shape[-2:])
+
+
+@torch.inference_mode()
+def _write(method, images: ImageSet, rt: Runtime, path: Path, dtype: str) -> None:
+    """Compute chunk by chunk into a memory-mapped `.npy` at `path` (written under a temporary name)."""
+    torch_dtype, numpy_dtype = STORAGE[dtype]
+    tmp, memmap = path.with_suffix(f".{os.getpid()}.tmp.npy"), None
+    try:
+        for index in _batches(images, rt):
+            with rt.autocast():
+                chunk = method.frozen(images.inputs(index, rt.device)).to(torch_dtype).cpu()
+            if memmap is None:
+                shape = (len(images), *chunk.shape[1:])
+                memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=numpy_dtype, shape=shape)
+            memmap[index[0] : index[-1] + 1] = (
+                chunk.view(torch.int16).numpy() if dtype == "bf16" else chunk.numpy()
+            )
+        memmap.flush()
+        del memmap
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read(path: Path, meta: dict) -> Frozen:
+    array = np.load(path, mmap_mode="c")  # copy-on-write map: no RAM until rows are used
+    if list(array.shape) != meta["shape"]:
+        raise ValueError(f"shape {list(array.shape)}, expected {meta['shape']}")
+    features = torch.from_numpy(array)
+    if meta["dtype"] == "bf16":
+        features = features.view(torch.bfloat16)
+    return Frozen(features, tuple(meta["input_size"]))
+
+
+def frozen_features(method, images: ImageSet, rt: Runtime) -> Frozen | None:
+    """The set's frozen features per `rt.cache` (stored as `rt.cache_dtype`, folder capped at
+    `rt.cache_max_gb`), or None (off, or a method that caches nothing)."""
     if rt.cache == "off" or not method.caches_frozen:
         return None
     if rt.cache == "memory":
         return compute_frozen(method, images, rt)
-    path = Path(rt.cache_dir) / f"tokens-{cache_key(method.frozen_key(), images, rt.precision)}.pt"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(compute_frozen(method, images, rt), tmp)
-        os.replace(tmp, path)
-    return torch.load(path, weights_only=True, mmap=True)
+    stored = storage_dtype(rt, rt.cache_dtype)
+    key = cache_key(method.frozen_key(), images, precision=rt.precision, device=rt.device.type, dtype=stored)
+    folder = Path(rt.cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            frozen = _read(path, meta)
+            os.utime(meta_path)  # last use, for the size cap
+            return frozen
+        except (OSError, ValueError, KeyError) as error:
+            print(f"feclip: cache entry {path} is unreadable ({error}); recomputing it", file=sys.stderr)
+            meta_path.unlink(missing_ok=True)
+    _write(method, images, rt, path, stored)
+    meta = {
+        "shape": list(np.load(path, mmap_mode="r").shape),
+        "dtype": stored,
+        "input_size": list(_input_size(images, rt)),
+        "method": method.name,
+        "images": len(images),
+        "created": time.time(),
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    if rt.cache_max_gb is not None:
+        evict(folder, max_bytes=int(rt.cache_max_gb * 2**30), keep=key)
+    return _read(path, meta)
+
+
+def entries(folder: Path) -> list[dict]:
+    """One record per complete entry: key, bytes, last use (unix time), its metadata; oldest use first."""
+    records = []
+    for meta_path in sorted(Path(folder).glob("*.json")):
+        npy = meta_path.with_suffix(".npy")
+        size = npy.stat().st_size if npy.exists() else 0
+        records.append({"key": meta_path.stem, "bytes": size, "used": meta_path.stat().st_mtime, "path": npy})
+    return sorted(records, key=lambda r: r["used"])
+
+
+def size_bytes(folder: Path) -> int:
+    """Bytes of every file in the cache folder (complete entries and leftovers)."""
+    return (
+        sum(p.stat().st_size for p in Path(folder).glob("*") if p.is_file()) if Path(folder).is_dir() else 0
+    )
+
+
+def remove(record: dict) -> None:
+    record["path"].with_suffix(".json").unlink(missing_ok=True)
+    record["path"].unlink(missing_ok=True)
+
+
+def evict(folder: Path, *, max_bytes: int, keep: str | None = None) -> list[str]:
+    """Remove least recently used entries (never `keep`) until the folder holds at most `max_bytes`."""
+    removed, total = [], size_bytes(folder)
+    for record in entries(folder):
+        if total <= max_bytes:
+            break
+        if record["key"] != keep:
+            remove(record)
+            total -= record["bytes"]
+            removed.append(record["key"])
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m feclip.cache", description="List or clear the frozen-feature cache."
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=Path("data/cache"), help="cache folder (config cache_dir)"
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--list", action="store_true", help="one line per entry and the total size")
+    action.add_argument("--clear", action="store_true", help="remove entries (all, or --older-than)")
+    parser.add_argument(
+        "--older-than", type=float, default=None, metavar="DAYS", help="with --clear: unused for DAYS"
+    )
+    args = parser.parse_args(argv)
+    records = entries(args.dir) if args.dir.is_dir() else []
+    if args.list:
+        for r in records:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["used"]))
+            print(f"{r['key']}  {r['bytes'] / 2**20:10.1f} MiB  last used {used}")
+        print(f"{len(records)} entries, {size_bytes(args.dir) / 2**20:.1f} MiB in {args.dir}")
+        return 0
+    cutoff = time.time() - 86400 * args.older_than if args.older_than is not None else float("inf")
+    doomed = [r for r in records if r["used"] < cutoff]
+    for record in doomed:
+        remove(record)
+    print(
+        f"removed {len(doomed)} entries ({sum(r['bytes'] for r in doomed) / 2**20:.1f} MiB) from {args.dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -59,6 +59,10 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _window(value: Any) -> bool:
     return isinstance(value, (list, ListConfig)) and len(value) == 2 and all(_positive_int(v) for v in value)
 
@@ -90,6 +94,15 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a percentile in (0, 100)",
     ),
     "fewshot.k": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "train.fc_lr_mult": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "data.cold_warm_split": (_positive_int, "a positive integer (test file index < split is cold) or null"),
+    "predict.batch_size": (_positive_int, "a positive integer"),
+    "aux.max_normals": (_positive_int, "a positive integer or null (all)"),
+    "aux.max_per_domain": (_positive_int, "a positive integer or null (all)"),
+    "aux.faults_per_normal": (lambda v: _number(v) and v > 0, "a positive number"),
+    "eval.n_map_examples": (_positive_int, "a positive integer"),
+    "eval.calibration.topk": (_positive_int, "a positive integer"),
+    "train.cache_max_gb": (lambda v: _number(v) and v > 0, "a positive number of GB or null"),
 }
 
 
@@ -111,6 +124,7 @@ def validate(cfg: DictConfig) -> None:
             "set fewshot.k>0 (e.g. fewshot=k4)"
         )
     _check_calibration(cfg)
+    METHODS.get_entry(cfg.method.name).validate(cfg)
     if cfg.mode == "predict" and not cfg.model.checkpoint:
         raise ConfigError("mode=predict needs model.checkpoint=<checkpoint directory>")
     if cfg.mode == "predict" and not cfg.predict.input:

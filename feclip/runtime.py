@@ -35,6 +35,8 @@ class Runtime:
     batch_size: int = 64
     cache: str = "off"
     cache_dir: Path = Path("data/cache")
+    cache_dtype: str = "auto"  # fp32 | bf16 | auto (the run's precision)
+    cache_max_gb: float | None = None  # size cap of cache_dir; least recently used entries go first
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """A fresh autocast context for the frozen backbone (a no-op in fp32)."""
@@ -57,6 +59,8 @@ def runtime(cfg: DictConfig) -> Runtime:
         batch_size=cfg.eval.batch_size,
         cache=cfg.train.token_cache,
         cache_dir=Path(cfg.cache_dir),
+        cache_dtype=cfg.train.cache_dtype,
+        cache_max_gb=cfg.train.cache_max_gb,
     )
 
 

@@ -16,6 +16,7 @@ from feclip.model.feclip import FEClip, FEClipConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+SMALL_SPLIT = 10  # the cold/warm split of the conftest `small_root` (20 test images per class)
 
 
 def compose(*overrides: str, hydra: bool = False) -> DictConfig:

@@ -64,10 +64,19 @@ def test_horizontal_preset_uses_horizontal_windows_and_context():
         ("device=tpu", "device"),
         ("train.batch_size=0", "train.batch_size"),
         ("data.intensity=zscore", "data.intensity"),
+        ("model.taps=[0,9]", "model.taps"),
+        ("backbone.input_size=[8,192]", "backbone.input_size"),
+        ("eval.calibration.percentiles=[99,150]", "eval.calibration.percentiles"),
+        ("eval.calibration.operating_point=p95", "eval.calibration.operating_point"),
+        ("train.fc_lr_mult=-1", "train.fc_lr_mult"),
+        ("data.cold_warm_split=0", "data.cold_warm_split"),
+        ("predict.batch_size=0", "predict.batch_size"),
+        ("aux.max_normals=-5", "aux.max_normals"),
+        ("model.score=cls+max_map model.map=logit_margin", "model.map='logit_margin'"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_allowed_values(override, key):
-    cfg = _compose([override])
+    cfg = _compose(override.split())
     with pytest.raises(FeclipError, match=key.replace(".", r"\.")) as error:
         validate(cfg)
     assert "expected" in str(error.value) and "\n" not in str(error.value)

@@ -76,7 +76,7 @@ class MeanIntensity(Method):
     def input_size(self):
         return self.size
 
-    def forward(self, inputs=None, *, frozen=None, image_size=None) -> MethodOutput:
+    def forward(self, inputs=None, *, frozen=None) -> MethodOutput:
         grid = inputs.mean(1)
         return MethodOutput(grid.flatten(1).mean(1), grid, [grid[..., None]])
 
@@ -125,7 +125,7 @@ def _run(tmp_path, small_root, folder, *overrides) -> dict:
         *overrides,
     )
     main(cfg, tmp_path / "out", JobInfo("extend", "extend"))
-    return json.loads((tmp_path / "out" / "metrics.json").read_text())
+    return json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
 
 
 def test_a_registered_haar_transform_runs_a_job(tmp_path, small_root, extra_conf):

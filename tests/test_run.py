@@ -100,7 +100,9 @@ def test_sweep_two_domains_two_freqs_into_sqlite(tmp_path):
         for p in (tmp_path / "multirun").glob("*/config.yaml")
         if "name: C" in p.read_text() and "transform: fft" in p.read_text()
     )
-    metrics = json.loads((job / "metrics.json").read_text())
+    record = json.loads((job / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert record["random_init"] is True and "not FE-CLIP" in record["note"]
     assert 0.0 <= metrics["auroc"] <= 1.0 and "pixel_auroc" in metrics  # synthetic data has masks
     assert (job / "figures" / "anomaly_maps.png").stat().st_size > 0
 

@@ -48,6 +48,8 @@ DOMAINS: Registry[Domain] = Registry(
 FOLDERS = (("train", "good", 0), ("test", "good", 0), ("test", "fault", 1))  # (split, class folder, label)
 NAME = re.compile(r"[0-9]{6}")
 SPLITS = ("train", "test")
+TIFF_SUFFIXES = (".tif", ".tiff")
+COLD_WARM_SPLIT = 500  # the HDMAP layout: test file index 0-499 cold, 500-999 warm (hdmap.md section 1.1)
 META_COLUMNS = ("domain", "split", "label", "file_index", "condition", "path")
 
 
@@ -90,14 +92,20 @@ class HDMAPData:
         return HDMAPData(self.images, meta, self.masks, maps)
 
 
-def read_tiff(path: str | Path) -> np.ndarray:
-    """One HDMAP map (H, W) float32 as stored; unreadable, non-2-D or non-finite files are errors."""
+def read_tiff(path: str | Path, *, allow_integer: bool = False) -> np.ndarray:
+    """One HDMAP map (H, W) float32 as stored; unreadable, non-2-D or non-finite files are errors, and so are
+    integer TIFFs (HDMAP maps are float32: an integer file is in other units) unless `allow_integer`."""
     try:
         image = tifffile.imread(path)
     except Exception as error:  # tifffile raises many types for corrupt files
         reason = " ".join(str(error).split())  # one line, whatever tifffile put in the message
         raise HDMAPError(f"{path}: not a readable TIFF ({type(error).__name__}: {reason})") from None
     image = np.squeeze(np.asarray(image))
+    if image.dtype.kind in "biu" and not allow_integer:
+        raise HDMAPError(
+            f"{path}: integer TIFF ({image.dtype}, values up to {image.max()}); HDMAP maps are float32 in "
+            "scaled units, so it is not converted; expected float32, or data.allow_integer=true to convert it"
+        )
     if image.ndim != 2:
         raise HDMAPError(f"{path}: expected a 2-D single-channel map, got shape {image.shape}")
     bad = int((~np.isfinite(image)).sum())
@@ -106,10 +114,15 @@ def read_tiff(path: str | Path) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
+def is_tiff(path: Path) -> bool:
+    """A .tif / .tiff file, the suffix in any case (.TIFF too)."""
+    return path.is_file() and path.suffix.lower() in TIFF_SUFFIXES
+
+
 def _files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise HDMAPError(f"missing folder {folder}: expected NNNNNN.tiff files there")
-    files = sorted(folder.glob("*.tif*"))
+    files = sorted(p for p in folder.iterdir() if is_tiff(p))
     if not files:
         raise HDMAPError(f"empty folder {folder}: expected NNNNNN.tiff files")
     for path in files:
@@ -124,9 +137,9 @@ def _files(folder: Path) -> list[Path]:
     return files
 
 
-def _stack(files: list[Path], folder: Path) -> np.ndarray:
+def _stack(files: list[Path], folder: Path, allow_integer: bool) -> np.ndarray:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        images = list(pool.map(read_tiff, files))
+        images = list(pool.map(lambda path: read_tiff(path, allow_integer=allow_integer), files))
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
         first = next(p for p, image in zip(files, images, strict=True) if image.shape != images[0].shape)
@@ -147,7 +160,7 @@ def _masks(mask_dir: Path, files: list[Path], label: int, shape) -> np.ndarray:
 def _mask(mask_path: Path, image_path: Path, shape) -> np.ndarray:
     if not mask_path.is_file():
         raise HDMAPError(f"missing mask {mask_path} for {image_path} (the folder {mask_path.parent} exists)")
-    mask = read_tiff(mask_path)
+    mask = read_tiff(mask_path, allow_integer=True)  # masks are uint8 {0, 1}
     if mask.shape != tuple(shape):
         raise HDMAPError(f"{mask_path}: mask shape {mask.shape}, expected the image shape {tuple(shape)}")
     return (mask > 0).astype(np.uint8)
@@ -163,10 +176,19 @@ def _domain_dir(root: Path, domain: str) -> Path:
     return domain_dir
 
 
-def load_domain(root, domain: str, splits=("train", "test"), cold_warm_split: int | None = None) -> HDMAPData:
+def load_domain(
+    root,
+    domain: str,
+    splits=("train", "test"),
+    *,
+    cold_warm_split: int = COLD_WARM_SPLIT,
+    allow_integer: bool = False,
+) -> HDMAPData:
     """One domain as (N, H, W) images + metadata, ordered train/good, test/good, test/fault by file index.
 
-    cold_warm_split: test file_index < split is cold; None -> (max test index + 1) // 2 (500 for 1000 images).
+    cold_warm_split: test file_index < split is cold, split <= index < 2 * split warm (the HDMAP layout:
+    500); a test file index outside [0, 2 * split) or a test class folder without both conditions contradicts
+    it and is an error. allow_integer: convert integer TIFFs instead of refusing them.
     """
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     if not splits or not set(splits) <= set(SPLITS):
@@ -180,7 +202,9 @@ def load_domain(root, domain: str, splits=("train", "test"), cold_warm_split: in
             continue
         folder = domain_dir / split / folder_name
         files = _files(folder)
-        stack = _stack(files, folder)
+        if split == "test":
+            _check_layout(files, folder, cold_warm_split)
+        stack = _stack(files, folder, allow_integer)
         images.append(stack)
         if with_masks:
             masks.append(_masks(mask_dir, files, label, stack.shape[1:]))
@@ -212,10 +236,25 @@ def load_domain(root, domain: str, splits=("train", "test"), cold_warm_split: in
     )
 
 
-def _conditions(meta: pd.DataFrame, split: int | None) -> np.ndarray:
+def _check_layout(files: list[Path], folder: Path, split: int) -> None:
+    """Test file indices must fit the layout: [0, split) cold, [split, 2 * split) warm, both present."""
+    layout = f"index < {split} cold, {split} <= index < {2 * split} warm"
+    beyond = [p for p in files if int(p.stem) >= 2 * split]
+    if beyond:
+        raise HDMAPError(
+            f"{beyond[0]}: file index {int(beyond[0].stem)} contradicts the cold/warm layout ({layout}); "
+            "expected HDMAP's 000000-000999, or set data.cold_warm_split for another layout"
+        )
+    cold = sum(int(p.stem) < split for p in files)
+    if cold == 0 or cold == len(files):
+        raise HDMAPError(
+            f"{folder}: {cold} cold and {len(files) - cold} warm files for data.cold_warm_split={split} "
+            f"({layout}); expected both conditions"
+        )
+
+
+def _conditions(meta: pd.DataFrame, split: int) -> np.ndarray:
     test = (meta["split"] == "test").to_numpy()
-    if split is None:
-        split = (int(meta.loc[test, "file_index"].max()) + 1) // 2 if test.any() else 0
     cold = meta["file_index"].to_numpy() < split
     return np.where(test, np.where(cold, "cold", "warm"), "none")
 

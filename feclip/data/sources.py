@@ -30,10 +30,11 @@ from feclip.registry import Registry
 
 @dataclass(frozen=True)
 class SourceContext:
-    """What a source may draw on: the HDMAP root, the fit normals, the HDMAP input transform, and the model
-    input (size, mean, std) for RGB benchmark images."""
+    """What a source may draw on: the HDMAP root and its cold/warm split, the fit normals, the HDMAP input
+    transform, and the model input (size, mean, std) for RGB benchmark images."""
 
     root: Path | None
+    cold_warm_split: int | None
     fit: HDMAPData | None
     to_input: nn.Module | None
     size: tuple[int, int]
@@ -70,7 +71,11 @@ def synthetic_faults(cfg: DictConfig, ctx: SourceContext) -> ImageSet:
 def hdmap_other_domains(cfg: DictConfig, ctx: SourceContext) -> ImageSet:
     """The test images of the other domains (capped at aux.max_per_domain each, seeded), labels only."""
     parts = [
-        _capped(load_domain(ctx.root, d, splits=("test",)), cfg.aux.max_per_domain, cfg.seed)
+        _capped(
+            load_domain(ctx.root, d, splits=("test",), cold_warm_split=ctx.cold_warm_split, allow_integer=cfg.data.allow_integer),
+            cfg.aux.max_per_domain,
+            cfg.seed,
+        )
         for d in DOMAINS
         if d != cfg.domain.name
     ]

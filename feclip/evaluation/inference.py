@@ -65,9 +65,8 @@ def predict(
     rescore: Rescorer | None = None,
     topk: int = 10,
 ) -> Predictions:
-    """Score every image of `images`; frozen: (N, ...) cached frozen features or None (full forward)."""
+    """Score every image of `images`; frozen: their cached frozen features (`Frozen`) or None."""
     method.model.eval()
-    image_size = tuple(images.inputs(torch.arange(1), rt.device).shape[-2:])
     parts: dict[str, list] = {"scores": [], "map_max": [], "map_topk": [], "maps": []}
     extras: dict[str, list] = {}
     for index in tqdm(torch.arange(len(images)).split(rt.batch_size), desc="predict", leave=False):
@@ -75,7 +74,7 @@ def predict(
             if frozen is None:
                 out = method.forward(images.inputs(index, rt.device))
             else:
-                out = method.forward(frozen=frozen[index].to(rt.device), image_size=image_size)
+                out = method.forward(frozen=frozen[index].to(rt.device))
         score, amap, extra = _scored(method, out, index, rescore)
         for name, values in extra.items():
             extras.setdefault(name, []).append(values)

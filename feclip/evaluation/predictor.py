@@ -14,6 +14,7 @@ Statuses per file: `ok`; `shape_mismatch HxW` (scored, but not of the calibrated
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from feclip.runtime import Runtime
 
 PREDICTOR_FILE = "predictor.json"
 REFERENCES_FILE = "references.safetensors"
+MANIFEST_FILE = "manifest.json"  # sha256 of every other file: an edited threshold or weight is refused
 NONFINITE = "error: non-finite score"
 
 
@@ -77,6 +79,31 @@ def save_predictor(
         content["gate"] = references.deployable.state()
         save_file(references.scorer.bank.tensors(), directory / REFERENCES_FILE)
     (directory / PREDICTOR_FILE).write_text(json.dumps(content, indent=2))
+    manifest = {path.name: sha256(path) for path in sorted(directory.iterdir()) if path.name != MANIFEST_FILE}
+    (directory / MANIFEST_FILE).write_text(json.dumps({"sha256": manifest}, indent=2))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(directory: Path) -> None:
+    """Every file listed in the manifest is there, unchanged; a checkpoint without a manifest predates it."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        return
+    for name, expected in json.loads(path.read_text())["sha256"].items():
+        file = directory / name
+        if not file.is_file() or sha256(file) != expected:
+            state = "is missing" if not file.is_file() else "was changed after the run saved it"
+            raise PredictError(
+                f"{file} {state} (sha256 in {MANIFEST_FILE}); refusing to apply an edited model: expected "
+                "the files as saved (retrain instead of editing thresholds, lam or weights by hand)"
+            )
 
 
 def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
@@ -84,6 +111,7 @@ def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
     directory = Path(directory)
     if not (directory / PREDICTOR_FILE).is_file():
         raise PredictError(f"{directory} is not a feclip model directory: {PREDICTOR_FILE} is missing")
+    verify(directory)
     content = json.loads((directory / PREDICTOR_FILE).read_text())
     method = METHODS.get_entry(content.get("method", "feclip"), key="method").load(directory).to(device)
     method.model.eval()

@@ -71,8 +71,9 @@ def benchmark_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float
     check_datasets(cfg)
     rt = runtime(cfg)
     method = build_method(cfg).to(rt.device)
+    tracker.set_tags(method.tags())
     to_input = RGBInput(*method.input_stats())
-    ctx = SourceContext(None, None, None, method.input_size, *method.input_stats())
+    ctx = SourceContext(None, None, None, None, method.input_size, *method.input_stats())
     source = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx)
 
     def log_epoch(epoch: int, losses: dict[str, float]) -> None:
@@ -88,7 +89,8 @@ def benchmark_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float
         np.mean([metrics[f"{spec.name}/image_auroc"] for spec in cfg.eval.datasets])
     )
     method.save(output_dir / "checkpoint")
-    paper_table(metrics, cfg.eval.datasets).to_csv(output_dir / "paper_comparison.csv", index=False)
+    table = paper_table(metrics, cfg.eval.datasets).assign(random_init=method.random_init)
+    table.to_csv(output_dir / "paper_comparison.csv", index=False)
     return metrics
 
 

@@ -11,6 +11,7 @@ from feclip import config
 from feclip.jobs.common import tracked_job
 from feclip.jobs.registry import job_for
 from feclip.tracking import JobInfo
+from feclip.tracking.artifacts import with_local_checkpoint
 
 
 def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = None) -> float | None:
@@ -18,5 +19,6 @@ def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = 
     config.validate(cfg)
     kind = job_for(cfg)
     output_dir = output_dir or Path(HydraConfig.get().runtime.output_dir)
+    cfg = with_local_checkpoint(cfg, output_dir)
     metrics = tracked_job(cfg, output_dir, job or JobInfo.from_hydra(), kind.body)
     return metrics.get(kind.headline)

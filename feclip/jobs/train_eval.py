@@ -6,6 +6,7 @@ and gate -> test and validation predictions -> metrics -> scores.csv, figures, t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from feclip.cache import frozen_features
 from feclip.condition import aware
 from feclip.data import synthetic
-from feclip.data.hdmap import DOMAINS, HDMAPData, data_hash, load_domain, split_validation
+from feclip.data.hdmap import COLD_WARM_SPLIT, DOMAINS, HDMAPData, data_hash, load_domain, split_validation
 from feclip.data.sets import labelled_set
 from feclip.data.sources import AUX_SOURCES, SourceContext
 from feclip.data.transforms import HDMAPInput
@@ -27,6 +28,14 @@ from feclip.methods.base import Method
 from feclip.methods.registry import build_method
 from feclip.runtime import Runtime, runtime
 
+SCORE_COLUMNS = {
+    "score": "image anomaly score (higher = more anomalous)",
+    "map_max": "max of the anomaly map",
+    "map_topk": "mean of the top-k anomaly map values (eval.calibration.topk)",
+    "gate": "condition the gate routed the image to (gated runs)",
+    "gate_p_cold": "the gate's confidence that the image is cold (gated runs)",
+}
+
 
 def hdmap_root(cfg: DictConfig) -> Path:
     """The HDMAP folder; the synthetic one is generated on first use (all four domains, seconds)."""
@@ -34,6 +43,13 @@ def hdmap_root(cfg: DictConfig) -> Path:
     if cfg.data.synthetic is not None:
         synthetic.ensure(root, domains=DOMAINS, **OmegaConf.to_container(cfg.data.synthetic))
     return root
+
+
+def cold_warm_split(cfg: DictConfig) -> int:
+    """`data.cold_warm_split`, else the layout of the data: half the synthetic test set, or HDMAP's 500."""
+    if cfg.data.cold_warm_split is not None:
+        return cfg.data.cold_warm_split
+    return cfg.data.synthetic.n_test // 2 if cfg.data.synthetic is not None else COLD_WARM_SPLIT
 
 
 def hdmap_input(cfg: DictConfig, method: Method) -> HDMAPInput:
@@ -50,7 +66,7 @@ def fit_method(
 ) -> dict:
     """Build the training source and fit the method; per-epoch losses go to MLflow as they come."""
     mean, std = method.input_stats()
-    ctx = SourceContext(root, fit, to_input, method.input_size, mean, std)
+    ctx = SourceContext(root, cold_warm_split(cfg), fit, to_input, method.input_size, mean, std)
     aux = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx)
     normals = labelled_set(fit.images, np.zeros(len(fit), dtype=np.int64), to_input)
 
@@ -67,8 +83,10 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
     """Train on the auxiliary source, then score every test image of the domain under the HDMAP protocols."""
     rt = runtime(cfg)
     root = hdmap_root(cfg)
-    data = load_domain(root, cfg.domain.name, cold_warm_split=cfg.data.cold_warm_split)
+    split, allow_integer = cold_warm_split(cfg), cfg.data.allow_integer
+    data = load_domain(root, cfg.domain.name, cold_warm_split=split, allow_integer=allow_integer)
     method = build_method(cfg).to(rt.device)
+    tracker.set_tags(method.tags())
     to_input = hdmap_input(cfg, method)
     fit, val = split_validation(
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
@@ -99,6 +117,7 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
     if refs:
         metrics.update(refs.metrics(scored.meta))
     scores_table(scored, list(test_pred.columns())).to_csv(output_dir / "scores.csv", index=False)
+    write_scores_info(output_dir / "scores_info.json", cfg, method)
     save_model(cfg, output_dir / "checkpoint", method, to_input, val=val, val_pred=val_pred, refs=refs)
     if cfg.eval.figures:
         caption = RANDOM_INIT_NOTE if method.random_init else ""
@@ -111,6 +130,18 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
             n_examples=cfg.eval.n_map_examples,
         )
     return metrics
+
+
+def write_scores_info(path: Path, cfg: DictConfig, method: Method) -> None:
+    """The sidecar of scores.csv: what produced the scores and whether they are random-init numbers."""
+    info = {
+        "method": method.name,
+        "backbone": cfg.backbone.name,
+        "random_init": method.random_init,
+        "note": RANDOM_INIT_NOTE if method.random_init else "",
+        "columns": SCORE_COLUMNS,
+    }
+    path.write_text(json.dumps(info, indent=2))
 
 
 def save_model(

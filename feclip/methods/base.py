@@ -45,6 +45,10 @@ class Method(abc.ABC):
     caches_frozen: ClassVar[bool] = False  # whether `frozen` / `forward(frozen=...)` exist
     model: nn.Module
 
+    @classmethod  # noqa: B027 (an optional hook: most methods need no checks of their own)
+    def validate(cls, cfg) -> None:
+        """Raise a one-line FeclipError for config values only this method can judge (before any work)."""
+
     @abc.abstractmethod
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) per channel of the model input."""
@@ -54,10 +58,19 @@ class Method(abc.ABC):
     def input_size(self) -> tuple[int, int]:
         """(h, w) of the model input."""
 
+    @classmethod
+    def config_random_init(cls, cfg) -> bool:
+        """Whether the config gives this method random backbone weights (read before it is built)."""
+        return cfg.backbone.pretrained is None
+
     @property
     def random_init(self) -> bool:
         """Whether the backbone has random weights (numbers then test the pipeline, not the method)."""
         return False
+
+    def tags(self) -> dict[str, str]:
+        """Run tags the method adds once built (e.g. a checkpoint transfer)."""
+        return {}
 
     def to(self, device: torch.device) -> Method:
         self.model.to(device)
@@ -77,8 +90,8 @@ class Method(abc.ABC):
         raise NotImplementedError(f"method {self.name} caches nothing")
 
     @abc.abstractmethod
-    def forward(self, inputs=None, *, frozen=None, image_size=None) -> MethodOutput:
-        """Scores of inputs (B, 3, h, w), or of their frozen features (with the input `image_size`)."""
+    def forward(self, inputs=None, *, frozen=None) -> MethodOutput:
+        """Scores of inputs (B, 3, h, w), or of their frozen features (`feclip.cache.Frozen`)."""
 
     def reference_terms(self, out: MethodOutput, bank, bank_name: str, rows: torch.Tensor) -> dict:
         """Per-image tensors (leading dim = len(rows)) from matching rows of `out` against one bank; the

@@ -14,6 +14,8 @@ The repo ships a tiny random-init ViT, "feclip-tiny" (configs/feclip-tiny.json),
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import pickle
 import socket
@@ -24,6 +26,12 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.factory import (
+    convert_state_dict,
+    convert_to_custom_text_state_dict,
+    load_checkpoint,
+    load_state_dict,
+)
 from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 from open_clip.transformer import VisionTransformer
 from torch import nn
@@ -92,19 +100,23 @@ def _check_download_possible(model_name: str, tag: str, tag_cfg: dict) -> None:
     )
 
 
-def create_clip(model_name: str, pretrained: str | None) -> nn.Module:
-    """The open_clip model `model_name` with weights `pretrained` (None | tag | file); one-line errors."""
+def backbone_config(model_name: str) -> dict:
+    """open_clip's config of `model_name` (vision_cfg: layers, patch_size, ...); no model is built."""
     if model_name not in open_clip.list_models():
         raise BackboneError(
             f"backbone {model_name!r} is not an open_clip model name (e.g. {TINY}, ViT-B-16, ViT-L-14-336)"
         )
+    return open_clip.get_model_config(model_name)
+
+
+def create_clip(model_name: str, pretrained: str | None) -> nn.Module:
+    """The open_clip model `model_name` with weights `pretrained` (None | tag | file); one-line errors."""
+    backbone_config(model_name)
     if pretrained is None:
         return open_clip.create_model(model_name)
     pretrained = str(pretrained)
     if os.path.isfile(pretrained):
-        return _create(
-            model_name, pretrained, {}, "expected an open_clip state dict (.bin, .pt or .safetensors)"
-        )
+        return _from_file(model_name, pretrained)
     tag_cfg = get_pretrained_cfg(model_name, pretrained)
     if not tag_cfg:
         known = ", ".join(list_pretrained_tags_by_model(model_name)) or "none"
@@ -118,6 +130,69 @@ def create_clip(model_name: str, pretrained: str | None) -> nn.Module:
     return _create(
         model_name, pretrained, options, f"with no network pass a local file with {LOCAL_FILE_HINT}"
     )
+
+
+WEIGHTS_EXPECTED = "expected an open_clip state dict (.bin, .pt or .safetensors: tensors by parameter name)"
+RESIZED_KEYS = ("visual.positional_embedding", "positional_embedding")  # open_clip resizes these on load
+
+
+def _read_state_dict(model_name: str, path: str) -> dict[str, torch.Tensor]:
+    """The file's state dict, or a one-line BackboneError naming the file and what was expected (never
+    torch's advice to unpickle arbitrary objects)."""
+    try:
+        state = load_state_dict(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = (
+            "it holds Python objects other than tensors (refused: weights are read with weights_only)"
+            if "Unsupported global" in str(error)
+            else f"not a readable weights file (UnpicklingError: {_first_line(error)})"
+        )
+    except (StopIteration, AttributeError, TypeError):
+        reason = "it holds no tensors by name (an empty dict, a list or a bare tensor)"
+    except Exception as error:  # safetensors, zip and OS errors: the file is not a weights file
+        reason = f"not a readable weights file ({type(error).__name__}: {_first_line(error)})"
+    else:
+        if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return state
+        reason = f"it holds {type(state).__name__}, not tensors by parameter name"
+    raise BackboneError(f"backbone {model_name!r}: weights file {path}: {reason}; {WEIGHTS_EXPECTED}")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
+
+
+def _check_state_dict(model_name: str, path: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Keys and shapes of `state` (after open_clip's own conversions) against `model`'s, named when wrong."""
+    state = convert_state_dict(model, dict(state))
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state) - {"logit_bias"})
+    unexpected = sorted(set(state) - set(expected) - {"text.transformer.embeddings.position_ids"})
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if k not in RESIZED_KEYS and state[k].numel() != expected[k].numel()
+    ]
+    if missing or unexpected or wrong:
+        found = "; ".join(
+            f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} ({len(names)})"
+            for what, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if names
+        )
+        raise BackboneError(
+            f"backbone {model_name!r}: weights file {path} is not a state dict of this model: {found}; "
+            "expected the weights of backbone.name (an OpenAI file needs the -quickgelu name)"
+        )
+
+
+def _from_file(model_name: str, path: str) -> nn.Module:
+    """The model with the weights of a local file, checked first (one-line errors)."""
+    model = open_clip.create_model(model_name)
+    _check_state_dict(model_name, path, model, _read_state_dict(model_name, path))
+    load_checkpoint(model, path)
+    return model
 
 
 def _create(model_name: str, pretrained: str, options: dict, hint: str) -> nn.Module:
@@ -141,10 +216,20 @@ def _check_vision_tower(model_name: str, visual: nn.Module) -> None:
         )
 
 
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha1 over the module's parameters and buffers (names, shapes, dtypes, bytes), 16 hex digits."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def interpolate_positional_embedding(pos: torch.Tensor, native_grid, grid) -> torch.Tensor:
-    """pos: (1 + nh * nw, D) -> (1 + gh * gw, D): class row kept, patch rows bicubic-resampled in float32."""
+    """pos: (1 + nh * nw, D) -> (1 + gh * gw, D): class row kept, patch rows resampled in float32 exactly as
+    open_clip resizes a checkpoint's grid (`open_clip.model.resize_pos_embed`: bicubic, antialias=True)."""
     patches = pos[1:].float().reshape(1, *native_grid, -1).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=tuple(grid), mode="bicubic", align_corners=False)
+    patches = F.interpolate(patches, size=tuple(grid), mode="bicubic", antialias=True, align_corners=False)
     return torch.cat([pos[:1].float(), patches[0].flatten(1).T]).to(pos.dtype)
 
 
@@ -170,6 +255,16 @@ class ClipBackbone(nn.Module):
         self.mean: tuple = tuple(preprocess.get("mean", OPENAI_DATASET_MEAN))
         self.std: tuple = tuple(preprocess.get("std", OPENAI_DATASET_STD))
         self._tokenizer = open_clip.get_tokenizer(model_name)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha1 (16 hex digits) of the weights (names, shapes, dtypes, bytes); hashed once (frozen)."""
+        return weights_fingerprint(self.clip)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """nn.Module.load_state_dict; the fingerprint of the old weights is dropped."""
+        self.__dict__.pop("fingerprint", None)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def visual(self) -> VisionTransformer:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ WEIGHTS_FILE = "trainable.safetensors"
 DESCRIPTION_FILE = "model.json"
 EXTRA_TENSORS_FILE = "extra.safetensors"
 # FEClipConfig fields that define what the trainable tensors mean; the head's read-out options may differ.
-ADAPTER_FIELDS = ("adapters", "lam", "freq")
+ADAPTER_FIELDS = ("adapters", "lam", "freq", "fc_bias")
 V1_FREQ_KEYS = {  # format 1 key -> (format 2 path in FEClipConfig)
     "freq": ("freq", "transform"),
     "conv_adapter": ("freq", "conv_adapter"),
@@ -57,6 +58,7 @@ def describe(model: FEClip, input_size=None) -> dict[str, Any]:
         "width": backbone.width,
         "embed_dim": backbone.embed_dim,
         "num_blocks": backbone.num_blocks,
+        "backbone_weights": backbone.fingerprint,
         "taps": list(model.taps),
         "config": json.loads(json.dumps(model.cfg.to_dict())),
         "input_size": None if size is None else [int(v) for v in size],
@@ -115,6 +117,7 @@ def read_description(directory) -> dict[str, Any]:
 def config_from_v1(config: dict) -> dict:
     """A format-1 (flat) FEClipConfig dict as the format-2 nested one."""
     nested: dict = {k: v for k, v in config.items() if k not in V1_FREQ_KEYS}
+    nested.update(fc_init="clip_projection", fc_bias=False)  # format 1 had only this fc
     for key, path in V1_FREQ_KEYS.items():
         if key in config:
             node = nested
@@ -157,11 +160,33 @@ def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_checkpoint(directory, model: FEClip, input_size=None) -> dict[str, Any]:
+def identity_differences(model: FEClip, description: dict, extra: dict) -> list[str]:
+    """What the trained adapters were trained with but `model` lacks: the backbone weights (fingerprint), the
+    temperature tau, the text features (the prompt set); checkpoints of format 1 record none of them."""
+    found = []
+    weights = description.get("backbone_weights")
+    if weights is not None and weights != model.backbone.fingerprint:
+        found.append(f"backbone weights: model {model.backbone.fingerprint}, checkpoint {weights}")
+    tau = description["config"].get("temperature")
+    if tau is not None and tau != model.cfg.temperature:
+        found.append(f"temperature: model {model.cfg.temperature}, checkpoint {tau}")
+    text = extra.get("text_features")
+    if isinstance(text, torch.Tensor) and not torch.allclose(
+        text.float(), model.text_features.cpu(), atol=1e-6
+    ):
+        found.append("text features: the model's prompt set is not the checkpoint's")
+    return found
+
+
+def load_checkpoint(directory, model: FEClip, input_size=None, *, strict: bool = True) -> dict[str, Any]:
     """Load the trainable state of `directory` into `model` after checking the description; returns `extra`.
 
     input_size: the (h, w) the model will run at; checked against the saved one when both are known
     (defaults to `model.input_size`). A model without a recorded size takes the checkpoint's.
+    Structural differences (backbone, width, taps, input size, adapter options) are always refused.
+    Identity differences (backbone weights, tau, text features: `identity_differences`) are refused too
+    unless `strict=False` (an intended transfer, e.g. adapters onto another tag); then they are listed in
+    `extra["transfer"]` and warned about.
     """
     directory = Path(directory)
     description = read_description(directory)
@@ -171,6 +196,15 @@ def load_checkpoint(directory, model: FEClip, input_size=None) -> dict[str, Any]
             f"{name}: model has {ours!r}, checkpoint has {theirs!r}" for name, ours, theirs in differences
         )
         raise CheckpointError(f"checkpoint {directory} does not match the model: {found}")
+    extra = read_extra(directory, description)
+    transfer = identity_differences(model, description, extra)
+    if transfer and strict:
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on another setup: {'; '.join(transfer)}; "
+            "expected the same backbone weights, tau and prompts (or model.checkpoint_strict=false)"
+        )
+    if transfer:
+        warnings.warn(f"checkpoint {directory} transferred: {'; '.join(transfer)}", stacklevel=2)
     if not (directory / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"checkpoint {directory}: {WEIGHTS_FILE} is missing")
     state = load_file(directory / WEIGHTS_FILE)
@@ -187,7 +221,7 @@ def load_checkpoint(directory, model: FEClip, input_size=None) -> dict[str, Any]
     model.load_state_dict(state, strict=False)
     if model.input_size is None and description["input_size"] is not None:
         model.input_size = tuple(description["input_size"])
-    return read_extra(directory, description)
+    return {**extra, "transfer": transfer} if transfer else extra
 
 
 def read_extra(directory, description: dict | None = None) -> dict[str, Any]:

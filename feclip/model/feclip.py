@@ -5,8 +5,10 @@ At every tap block n (0-based index into the ViT's blocks), after the block ran:
 f_hat replaces the patch tokens in the stream entering block n + 1. Per tap, with ln_post before both heads:
   score_n = softmax(cos(proj_clip(cls), g) / tau)[abnormal]      (CLIP's frozen projection)
   map_n   = softmax(cos(fc(f_hat), g) / tau)[abnormal] per patch (or the logit margin), bilinear to (h, w)
-with g = text features [normal, abnormal] and fc ONE learnable Linear(D, E) shared by all taps, initialised
-from CLIP's projection (an untrained fc reproduces CLIP's own patch projection). The outputs are the means
+with g = text features [normal, abnormal] and fc ONE learnable Linear(D, E) shared by all taps: the paper's
+plain Linear (default init, with bias: `fc_init='random'`, `fc_bias=True`, the default), or initialised from
+CLIP's projection without bias (`fc_init='clip_projection'`, `fc_bias=False`: an untrained fc then reproduces
+CLIP's own patch projection; conf/model/fc_clip_init.yaml). The outputs are the means
 over taps; `score='cls+max_map'` adds max(map); `smoothing_sigma` Gaussian-blurs the final map.
 `adapters=False` is the plain-CLIP baseline: no adapters, CLIP's projection for the patches too.
 
@@ -21,8 +23,9 @@ Tap rules (L blocks, 0-based; ViT-L: L = 24, ViT-B: 12, feclip-tiny: 4):
 
 The forward is split at the first tap for a frozen-token cache: `pre_tap_tokens` = embed + blocks up to
 and including the first tap block (everything before the first adapter, all frozen), `forward_from_tokens`
-the rest; forward(x) == forward_from_tokens(pre_tap_tokens(x), x.shape[-2:]). Head math (cosines, softmax,
-maps) and the adapters run in float32 with autocast off; the frozen blocks follow the caller's autocast.
+the rest; forward(x) == forward_from_tokens(pre_tap_tokens(x), x.shape[-2:], token_grid=...). Head math
+(cosines, softmax, maps) and the adapters run in float32 with autocast off; the frozen blocks follow the
+caller's autocast.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from feclip.registry import Registry, choices
 
 TAP_PRESETS = Registry("tap preset", key="model.taps")
 SCORES = choices("image score", "model.score", ("cls", "cls+max_map"))
+FC_INITS = choices("fc initialisation", "model.fc_init", ("random", "clip_projection"))
 MAPS = choices("anomaly map", "model.map", ("prob", "logit_margin"))
 TRAINABLE_PREFIXES = ("adapters.", "fc.")
 
@@ -121,6 +125,8 @@ class FEClipConfig:
     score: str = "cls"
     map: str = "prob"
     smoothing_sigma: float = 0.0
+    fc_init: str = "random"
+    fc_bias: bool = True
     freq: FreqConfig = field(default_factory=FreqConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +139,12 @@ class FEClipConfig:
         self.freq = self.freq if isinstance(self.freq, FreqConfig) else FreqConfig(**self.freq)
         SCORES.get_entry(self.score)
         MAPS.get_entry(self.map)
+        FC_INITS.get_entry(self.fc_init)
+        if self.score == "cls+max_map" and self.map == "logit_margin":
+            raise HeadError(
+                "model.score='cls+max_map' with model.map='logit_margin' adds a logit margin (about +-1/tau) "
+                "to a probability in [0, 1]; expected model.map=prob with cls+max_map, or model.score=cls"
+            )
         _check("model.n_taps", _is_int(self.n_taps) and self.n_taps >= 1, self.n_taps, "a positive integer")
         _check("model.lam", _is_number(self.lam) and 0.0 <= self.lam <= 1.0, self.lam, "a number in [0, 1]")
         _check(
@@ -271,9 +283,12 @@ class FEClip(nn.Module):
         )
         self.fc = None
         if cfg.adapters:
-            self.fc = nn.Linear(width, backbone.embed_dim, bias=False)
-            with torch.no_grad():
-                self.fc.weight.copy_(backbone.visual.proj.detach().T)
+            self.fc = nn.Linear(width, backbone.embed_dim, bias=cfg.fc_bias)
+            if cfg.fc_init == "clip_projection":
+                with torch.no_grad():
+                    self.fc.weight.copy_(backbone.visual.proj.detach().T)
+                    if self.fc.bias is not None:
+                        self.fc.bias.zero_()
         # the input (h, w) the head was first run at (training size); recorded in checkpoints
         self.input_size = None if input_size is None else tuple(int(v) for v in input_size)
 
@@ -297,12 +312,22 @@ class FEClip(nn.Module):
 
     def forward(self, images: torch.Tensor) -> FEClipOutput:
         """images: (B, 3, h, w) normalised -> FEClipOutput with maps at (h, w)."""
-        return self.forward_from_tokens(self.pre_tap_tokens(images), tuple(images.shape[-2:]))
+        size = tuple(images.shape[-2:])
+        return self.forward_from_tokens(
+            self.pre_tap_tokens(images), size, token_grid=self.backbone.grid_size(size)
+        )
 
-    def forward_from_tokens(self, tokens: torch.Tensor, image_size) -> FEClipOutput:
-        """tokens: (B, 1 + gh * gw, D) from `pre_tap_tokens` of (B, 3, h, w) inputs; image_size: (h, w)."""
+    def forward_from_tokens(self, tokens: torch.Tensor, image_size, *, token_grid) -> FEClipOutput:
+        """tokens: (B, 1 + gh * gw, D) from `pre_tap_tokens` of inputs whose patch grid was `token_grid`
+        (gh, gw); image_size: (h, w) of those inputs (the maps' size). The grid is checked, not only the
+        token count: tokens of a 64x192 input (4 x 12) are refused as 96x128 (6 x 8)."""
         image_size = tuple(int(v) for v in image_size)
         gh, gw = self.backbone.grid_size(image_size)
+        if tuple(token_grid) != (gh, gw):
+            raise HeadError(
+                f"tokens on a {tuple(token_grid)} patch grid, but image size {image_size} has a {(gh, gw)} "
+                "grid; expected the size the tokens were computed at"
+            )
         expected = (1 + gh * gw, self.backbone.width)
         if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected:
             raise HeadError(

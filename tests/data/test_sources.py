@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import compose
+from helpers import SMALL_SPLIT, compose
 
 from feclip.data.hdmap import load_domain
 from feclip.data.sources import AUX_SOURCES, SourceContext
@@ -12,7 +12,7 @@ STATS = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def _context(root, fit):
-    return SourceContext(root, fit, HDMAPInput((64, 192), mean=STATS[0], std=STATS[1]), (64, 192), *STATS)
+    return SourceContext(root, SMALL_SPLIT, fit, HDMAPInput((64, 192), mean=STATS[0], std=STATS[1]), (64, 192), *STATS)
 
 
 def _cfg(root, *overrides):

@@ -29,7 +29,7 @@ class Brightness(Method):
     def input_size(self):
         return (31, 95)
 
-    def forward(self, inputs=None, *, frozen=None, image_size=None):
+    def forward(self, inputs=None, *, frozen=None):
         grid = inputs[:, 0]
         score = grid.flatten(1).mean(1) if self.scores else None
         return MethodOutput(score, grid if self.scores else None, [grid[..., None]])

@@ -2,16 +2,25 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 import torch
-from helpers import compose
+from helpers import compose, small_data
+from mlflow import MlflowClient
 
 from feclip.evaluation import calibration
-from feclip.evaluation.predictor import PredictError, list_inputs, load_predictor, predict_files
+from feclip.evaluation.predictor import (
+    PredictError,
+    list_inputs,
+    load_predictor,
+    overlay_writer,
+    predict_files,
+)
+from feclip.jobs.predict import NothingScoredError
 from feclip.jobs.run import main
 from feclip.runtime import Runtime
 from feclip.tracking import JobInfo
@@ -127,6 +136,7 @@ def test_empty_folder_and_missing_checkpoint_are_one_line_errors(tmp_path):
 def test_a_fitted_gate_labels_new_files_but_the_oracle_is_refused(trained, field, tmp_path):
     for state in ({"name": "p90", "threshold": 0.3, "temperature": 0.01}, {"name": "oracle"}):
         checkpoint = shutil.copytree(trained / "train" / "checkpoint", tmp_path / state["name"])
+        (checkpoint / "manifest.json").unlink()  # a hand-made model: nothing to verify it against
         spec = json.loads((checkpoint / "predictor.json").read_text())
         (checkpoint / "predictor.json").write_text(json.dumps({**spec, "gate": state}))
         if state["name"] == "oracle":
@@ -140,3 +150,116 @@ def test_a_fitted_gate_labels_new_files_but_the_oracle_is_refused(trained, field
         )
         # synthetic C: the 4 coldest normals read cold, the 4 warmest warm (p90 midpoint ~0.31)
         assert table["gate"].tolist() == ["cold"] * 4 + ["warm"] * 4
+
+
+def _copy(trained, tmp_path, name):
+    return shutil.copytree(trained / "train" / "checkpoint", tmp_path / name)
+
+
+def test_an_edited_threshold_or_weight_is_refused(trained, tmp_path):
+    checkpoint = _copy(trained, tmp_path, "edited")
+    content = json.loads((checkpoint / "predictor.json").read_text())
+    content["calibration"]["score"]["p99"] = 0.0
+    (checkpoint / "predictor.json").write_text(json.dumps(content))
+    with pytest.raises(PredictError, match=r"predictor\.json was changed after the run saved it"):
+        load_predictor(checkpoint, torch.device("cpu"))
+    checkpoint = _copy(trained, tmp_path, "weights")
+    (checkpoint / "trainable.safetensors").write_bytes(
+        (checkpoint / "trainable.safetensors").read_bytes()[:-8]
+    )
+    with pytest.raises(PredictError, match=r"trainable\.safetensors was changed"):
+        load_predictor(checkpoint, torch.device("cpu"))
+
+
+def test_a_non_finite_score_is_an_error_never_normal(trained, tmp_path):
+    image = np.full((31, 95), 0.3, dtype=np.float32)
+    image[5, 5] = 1e30
+    tifffile.imwrite(tmp_path / "huge.tiff", image)
+    predictor = load_predictor(trained / "train" / "checkpoint", torch.device("cpu"))
+    table = predict_files(
+        predictor, [tmp_path / "huge.tiff"], Runtime(torch.device("cpu")), operating_point="p99"
+    )
+    assert not np.isfinite(table["score"].iloc[0])  # the premise: this input breaks the tiny model's score
+    assert table["status"].iloc[0] == "error: non-finite score" and "decision" not in table
+
+
+def test_a_folder_of_only_unreadable_files_writes_the_summary_and_fails(trained, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.tiff", "b.TIFF"):
+        (folder / name).write_bytes(b"not a tiff")
+    cfg = _cfg(
+        ["mode=predict", f"model.checkpoint={trained / 'train' / 'checkpoint'}", f"predict.input={folder}"]
+    )
+    cfg.tracking.enabled = False
+    with pytest.raises(NothingScoredError, match="none of the 2 files"):
+        main(cfg, tmp_path / "out", JobInfo("p", "p"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_files"] == 2 and summary["n_scored"] == 0 and summary["n_errors"] == 2
+
+
+def test_overlay_names_are_unique(tmp_path):
+    files = [tmp_path / "dup.tif", tmp_path / "dup.tiff", tmp_path / "other" / "dup.tif"]
+    write = overlay_writer(tmp_path / "overlays", files)
+    for path in files:
+        write(path, np.zeros((31, 95)), np.zeros((31, 95)))
+    assert sorted(p.name for p in (tmp_path / "overlays").glob("*.png")) == [
+        "dup.tif.1.png",
+        "dup.tif.png",
+        "dup.tiff.png",
+    ]
+
+
+def test_upper_case_tiff_files_are_listed(tmp_path):
+    for name in ("a.TIFF", "b.tif", "c.Tiff", "d.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_inputs(str(tmp_path))] == ["a.TIFF", "b.tif", "c.Tiff"]
+
+
+@pytest.fixture(scope="module")
+def fewshot_run(tmp_path_factory):
+    """A gated few-shot run (1 + 1 references, p90 gate), tracked in sqlite."""
+    tmp = tmp_path_factory.mktemp("fewshot")
+    cfg = _cfg(
+        [
+            "domain=C",
+            *small_data(tmp, n=40),
+            "fewshot=k1",
+            "gating=p90",
+            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+            "tracking.experiment=fewshot",
+            "eval.figures=false",
+        ]
+    )
+    main(cfg, tmp / "train", JobInfo("fewshot", "fewshot"))
+    return tmp
+
+
+def test_a_few_shot_model_predicts_its_own_test_folder_exactly(fewshot_run):
+    scores = pd.read_csv(fewshot_run / "train" / "scores.csv")
+    predictor = load_predictor(fewshot_run / "train" / "checkpoint", torch.device("cpu"))
+    assert predictor.scorer is not None and predictor.gate.name == "p90"
+    files = [Path(p) for p in scores["path"]]
+    table = predict_files(
+        predictor, files, Runtime(torch.device("cpu"), batch_size=16), operating_point="p99"
+    )
+    np.testing.assert_allclose(table["score"], scores["score"], rtol=1e-5, atol=1e-6)
+    assert table["gate"].tolist() == scores["gate"].tolist()
+
+
+def test_runs_uri_checkpoints_load_for_predict(fewshot_run, tmp_path):
+    client = MlflowClient(f"sqlite:///{fewshot_run / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("fewshot").experiment_id])
+    folder = fewshot_run / "hdmap" / "domain_C" / "test" / "good"
+    cfg = _cfg(
+        [
+            "mode=predict",
+            f"model.checkpoint=runs:/{run.info.run_id}/checkpoint",
+            f"predict.input={folder}",
+            f"tracking.uri=sqlite:///{fewshot_run / 'mlflow.db'}",
+            "tracking.experiment=fewshot_predict",
+        ]
+    )
+    assert main(cfg, tmp_path / "out", JobInfo("p", "p")) is not None
+    assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 40
+    assert (tmp_path / "out" / "input_model" / "checkpoint" / "manifest.json").is_file()

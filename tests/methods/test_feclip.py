@@ -11,7 +11,7 @@ from helpers import compose, feclip_model, hdmap_set
 
 from feclip.jobs.run import main
 from feclip.methods.feclip.method import add_fewshot
-from feclip.methods.feclip.train import TrainConfig, train
+from feclip.methods.feclip.train import TrainConfig, TrainingDiverged, train
 from feclip.model.feclip import FEClipOutput
 from feclip.runtime import Runtime
 from feclip.tracking import JobInfo
@@ -45,7 +45,7 @@ def _auroc_after(tmp_path: Path, epochs: int) -> dict:
     ]
     cfg = compose(*overrides)
     main(cfg, tmp_path / f"out{epochs}", JobInfo("learn", "learn"))
-    return json.loads((tmp_path / f"out{epochs}" / "metrics.json").read_text())
+    return json.loads((tmp_path / f"out{epochs}" / "metrics.json").read_text())["metrics"]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -68,3 +68,11 @@ def test_fewshot_map_is_added_upsampled_and_its_grid_max_to_the_score():
     torch.testing.assert_close(amap, 1 + 2 * up)
     torch.testing.assert_close(amap[1], torch.full((4, 4), 1.4))
     assert amap[0, 0, 3] == 1 + 2 * 1.0  # the corner nearest the hot cell keeps its value
+
+
+def test_divergence_names_the_epoch_and_the_loss():
+    model, data = feclip_model(), hdmap_set()
+    with pytest.raises(
+        TrainingDiverged, match=r"training diverged at epoch \d+/3, batch \d+/3: losses .*nan"
+    ):
+        train(model, data, TrainConfig(epochs=3, batch_size=4, lr=1e12), CPU, seed=0)

@@ -141,13 +141,58 @@ def test_cached_openai_tag_builds_with_quick_gelu(backbone, monkeypatch):
     assert wrapped.pretrained == "openai" and wrapped.num_blocks == 4
 
 
-def test_unreadable_weights_file_raises(tmp_path):
-    path = tmp_path / "broken.bin"
-    path.write_text("not weights")
-    with pytest.raises(
-        BackboneError, match="cannot load weights pretrained=.*broken.bin.*open_clip state dict"
-    ):
+def _write_weights(path, content) -> str:
+    if path.suffix == ".safetensors" and isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    return str(path)
+
+
+class _Opaque:
+    """Not a tensor: a weights-only load refuses it."""
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragment"),
+    [
+        ("text.bin", None, "not a readable weights file"),
+        ("list.pt", [torch.zeros(2)], "holds no tensors by name"),
+        ("empty.pt", {}, "holds no tensors by name"),
+        ("tensor.pt", torch.zeros(3), "holds no tensors by name"),
+        ("object.pt", {"visual.proj": _Opaque()}, "Python objects other than tensors"),
+        ("garbage.safetensors", b"\x00garbage" * 10, "not a readable weights file"),
+        (
+            "other.pt",
+            {"visual.proj": torch.zeros(64, 32), "head.weight": torch.zeros(3)},
+            r"missing ln_final\.bias, ln_final\.weight, logit_scale \.\.\. \(85\); unexpected head\.weight",
+        ),
+    ],
+)
+def test_bad_weights_files_are_one_line_errors_naming_the_file(tmp_path, name, content, fragment):
+    path = tmp_path / name
+    if content is None:
+        path.write_text("not weights")
+    else:
+        _write_weights(path, content)
+    with pytest.raises(BackboneError, match=fragment) as error:
         ClipBackbone("feclip-tiny", str(path))
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message and "weights_only=False" not in message
+
+
+def test_weights_of_another_architecture_name_the_keys(backbone, tmp_path):
+    other = ClipBackbone("ViT-B-16").clip.state_dict()
+    path = _write_weights(tmp_path / "vitb.pt", other)
+    with pytest.raises(
+        BackboneError,
+        match=r"unexpected transformer\.resblocks\.10.* shape ln_final\.bias \(512,\) vs \(32,\)",
+    ):
+        ClipBackbone("feclip-tiny", path)
+    state = dict(backbone.clip.state_dict())
+    state["visual.extra"] = state.pop("visual.proj")
+    with pytest.raises(BackboneError, match=r"missing visual\.proj \(1\); unexpected visual\.extra \(1\)"):
+        ClipBackbone("feclip-tiny", _write_weights(tmp_path / "renamed.pt", state))
 
 
 def test_bad_names_and_ranges_raise(backbone):

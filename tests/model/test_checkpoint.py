@@ -107,7 +107,7 @@ def test_adapter_option_mismatch_raises(backbone, saved):
 
 
 def test_read_out_options_may_differ(backbone, saved):
-    load_checkpoint(saved[1], make(backbone, 2, score="cls+max_map", map="logit_margin", smoothing_sigma=1.0))
+    load_checkpoint(saved[1], make(backbone, 2, score="cls+max_map", smoothing_sigma=1.0))
 
 
 def test_not_a_checkpoint_and_bad_extra_raise(backbone, tmp_path):
@@ -125,7 +125,7 @@ def test_plain_clip_round_trip(backbone, tmp_path):
 
 def test_a_format_1_checkpoint_still_loads_and_reproduces_its_outputs():
     """tests/model/fixtures/checkpoint_v1 was written by feclip 0.1.0 (flat config, format 1) from a tiny
-    backbone seeded 0, with its outputs on a seeded input stored beside it."""
+    backbone seeded 0, with its outputs on a seeded 224 x 224 input stored beside it."""
     fixture = Path(__file__).parent / "fixtures" / "checkpoint_v1"
     expected = json.loads((fixture / "expected.json").read_text())
     description = read_description(fixture)
@@ -141,6 +141,26 @@ def test_a_format_1_checkpoint_still_loads_and_reproduces_its_outputs():
     assert load_checkpoint(fixture, net)["note"].startswith("written by feclip 0.1.0")
     torch.manual_seed(3)
     with torch.no_grad():
-        out = net.eval()(torch.randn(2, 3, 64, 192))
+        out = net.eval()(torch.randn(2, 3, 224, 224))  # the native size: no positional interpolation
     torch.testing.assert_close(out.score, torch.tensor(expected["score"]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.map.amax((1, 2)), torch.tensor(expected["map_max"]), rtol=1e-5, atol=1e-6)
+
+
+def test_identity_differences_are_refused_unless_not_strict(backbone, tmp_path):
+    net = make(backbone, 1)
+    save_checkpoint(tmp_path / "ckpt", net, extra={"text_features": net.text_features})
+    other_text = make(backbone, 2)  # same backbone, other (random) text features
+    with pytest.raises(CheckpointError, match="trained on another setup: text features"):
+        load_checkpoint(tmp_path / "ckpt", other_text)
+    transfer = load_checkpoint(tmp_path / "ckpt", other_text, strict=False)["transfer"]
+    assert transfer == ["text features: the model's prompt set is not the checkpoint's"]
+    torch.manual_seed(7)
+    other_weights = FEClip(ClipBackbone("feclip-tiny"), net.cfg, net.text_features)
+    with pytest.raises(
+        CheckpointError, match=f"backbone weights: model {other_weights.backbone.fingerprint}"
+    ):
+        load_checkpoint(tmp_path / "ckpt", other_weights)
+    hotter = FEClip(backbone, FEClipConfig(**{**net.cfg.to_dict(), "temperature": 0.01}), net.text_features)
+    with pytest.raises(CheckpointError, match="temperature: model 0.01, checkpoint 0.07"):
+        load_checkpoint(tmp_path / "ckpt", hotter)
+    assert "transfer" not in load_checkpoint(tmp_path / "ckpt", make(backbone, 1))

@@ -190,11 +190,20 @@ def test_split_forward_is_exact(backbone, text):
     images = torch.randn(2, 3, 112, 336)
     with torch.no_grad():
         full = net(images)
-        split = net.forward_from_tokens(net.pre_tap_tokens(images), (112, 336))
+        split = net.forward_from_tokens(net.pre_tap_tokens(images), (112, 336), token_grid=(7, 21))
     for name in ("score", "map", "tap_scores", "tap_maps", "embedding"):
         assert torch.equal(getattr(full, name), getattr(split, name)), name
     with pytest.raises(HeadError, match=r"expected \(B, 148, 64\)"):
-        net.forward_from_tokens(torch.zeros(2, 197, 64), (112, 336))
+        net.forward_from_tokens(torch.zeros(2, 197, 64), (112, 336), token_grid=(7, 21))
+
+
+def test_tokens_of_another_grid_with_the_same_count_are_refused(backbone, text):
+    """64 x 192 and 96 x 128 both give 48 patch tokens (4 x 12 and 6 x 8): the grid decides."""
+    net = model(backbone, text, taps=[1, 3])
+    tokens = net.pre_tap_tokens(torch.randn(1, 3, 64, 192))
+    with pytest.raises(HeadError, match=r"tokens on a \(4, 12\) patch grid, but image size \(96, 128\)"):
+        net.forward_from_tokens(tokens, (96, 128), token_grid=(4, 12))
+    assert net.forward_from_tokens(tokens, (64, 192), token_grid=(4, 12)).map.shape == (1, 64, 192)
 
 
 def test_only_adapters_and_fc_train(backbone, text):

@@ -3,7 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CONF, compose
 
+from feclip.model.build import prompt_lists
 from feclip.model.prompts import PAPER_ABNORMAL, PAPER_NORMAL, PromptError, expand, text_features
 
 
@@ -47,3 +49,22 @@ def test_ensemble_mean_is_renormalised(backbone):
 def test_bad_prompts_raise(backbone, normal, abnormal, templates, message):
     with pytest.raises(PromptError, match=message):
         text_features(backbone, normal, abnormal, templates)
+
+
+DEFECT_WORDS = ("defect", "damage", "flaw")  # words of an abnormal state
+NEGATED = ("without flaw", "without defect", "without damage", "flawless")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "prompt").glob("*.yaml")))
+def test_every_prompt_set_differs_only_in_state(name):
+    """Both classes name the same object, and no normal sentence describes a defect (only a negated one,
+    'without defect'): the abnormal description is a state of the abnormal class, never in the class name."""
+    prompt = compose(f"prompt={name}").prompt
+    normal, abnormal, templates = prompt_lists(prompt)
+    assert not any(word in prompt.class_name for word in DEFECT_WORDS), prompt.class_name
+    for sentence in expand(normal, templates, "normal"):
+        stripped = sentence
+        for phrase in NEGATED:
+            stripped = stripped.replace(phrase, "")
+        assert prompt.class_name in sentence and not any(w in stripped for w in DEFECT_WORDS), sentence
+    assert all(prompt.class_name in sentence for sentence in expand(abnormal, templates, "abnormal"))

@@ -30,7 +30,7 @@ saturate in float32 into false ties: AUROC 0.5 for scores 20..23) and accumulate
 """
 
 from feclip.evaluation.metrics.benchmark import BENCHMARK_METRICS, benchmark_metrics
-from feclip.evaluation.metrics.checks import CONDITIONS, MetricsError
+from feclip.evaluation.metrics.checks import CONDITIONS, MetricsError, MetricWarning
 from feclip.evaluation.metrics.gating import gate_accuracy
 from feclip.evaluation.metrics.image import auroc, hdmap_metrics, roc_curve
 from feclip.evaluation.metrics.pixel import pixel_auroc, pro_score
@@ -38,6 +38,7 @@ from feclip.evaluation.metrics.pixel import pixel_auroc, pro_score
 __all__ = [
     "BENCHMARK_METRICS",
     "CONDITIONS",
+    "MetricWarning",
     "MetricsError",
     "auroc",
     "benchmark_metrics",

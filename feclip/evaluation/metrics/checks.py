@@ -17,6 +17,10 @@ class MetricsError(FeclipError):
     """Bad input to a metric function."""
 
 
+class MetricWarning(UserWarning):
+    """A metric is undefined on its subset (set to NaN); jobs keep the message as the reason."""
+
+
 def as_numpy(values) -> np.ndarray:
     """A numpy view/copy of a tensor (detached, on CPU; half precision widened to float32) or array-like."""
     if isinstance(values, torch.Tensor):
@@ -86,13 +90,15 @@ def defined(subset: str, metric: str, positive: np.ndarray) -> bool:
     if 0 < n_pos < n:
         return True
     what = "is empty" if n == 0 else f"has only {'fault' if n_pos else 'good'} samples (n={n})"
-    warnings.warn(f"metrics: subset '{subset}' {what}; {metric} set to NaN", stacklevel=4)
+    warnings.warn(f"metrics: subset '{subset}' {what}; {metric} set to NaN", MetricWarning, stacklevel=4)
     return False
 
 
 def fraction(subset: str, correct: np.ndarray) -> float:
     """Mean of correct (n,) bool; NaN with a warning when the subset is empty."""
     if correct.size == 0:
-        warnings.warn(f"metrics: subset '{subset}' is empty; accuracy set to NaN", stacklevel=3)
+        warnings.warn(
+            f"metrics: subset '{subset}' is empty; accuracy set to NaN", MetricWarning, stacklevel=3
+        )
         return float("nan")
     return float(np.mean(correct))

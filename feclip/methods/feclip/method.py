@@ -11,20 +11,21 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from feclip.cache import weights_fingerprint
 from feclip.methods.base import Method
-from feclip.methods.feclip.train import TrainConfig, train
-from feclip.model.backbone import ClipBackbone
-from feclip.model.build import build_feclip, load_config
+from feclip.methods.feclip.train import TrainConfig, forward_frozen, train
+from feclip.model.backbone import ClipBackbone, backbone_config
+from feclip.model.build import build_feclip, feclip_config, load_config
 from feclip.model.checkpoint import load_checkpoint, read_description, read_extra, save_checkpoint
-from feclip.model.feclip import FEClip, FEClipConfig, FEClipOutput
+from feclip.model.feclip import FEClip, FEClipConfig, FEClipOutput, HeadError, resolve_taps
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
+PRE_TAP_VERSION = 2  # bump when FEClip.pre_tap_tokens / ClipBackbone.embed change what they compute
 
 
 def add_fewshot(
@@ -53,26 +54,53 @@ class FEClipMethod(Method):
     ) -> None:
         self.model, self.train_cfg, self.seed = model, train_cfg, seed
         self.weight_map, self.weight_score = weight_map, weight_score
+        self.transfer: list[
+            str
+        ] = []  # identity differences of a checkpoint loaded with checkpoint_strict=false
         self._frozen_key: str | None = None
+
+    @classmethod
+    def validate(cls, cfg: DictConfig) -> None:
+        """The backbone name, the taps against its block count and the input size against its patch size,
+        read from the open_clip model config (no model is built)."""
+        vision = backbone_config(cfg.backbone.name)["vision_cfg"]
+        resolve_taps(feclip_config(cfg).taps, cfg.model.n_taps, vision["layers"])
+        patch = vision["patch_size"]
+        if min(cfg.backbone.input_size) < patch:
+            raise HeadError(
+                f"backbone.input_size={list(cfg.backbone.input_size)} is smaller than one {patch}-pixel "
+                f"patch of {cfg.backbone.name}; expected both sides >= {patch}"
+            )
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> FEClipMethod:
         """The model of the backbone/model/freq/prompt groups, with `model.checkpoint`'s adapters loaded."""
         model = build_feclip(cfg)
         load = load_config(cfg)
+        transfer = []
         if load.checkpoint:
-            load_checkpoint(load.checkpoint, model, input_size=model.input_size)
-        train_cfg = TrainConfig(**{k: v for k, v in cfg.train.items() if k != "token_cache"})
-        return cls(
+            loaded = load_checkpoint(
+                load.checkpoint, model, input_size=model.input_size, strict=load.checkpoint_strict
+            )
+            transfer = loaded.get("transfer", [])
+        train_cfg = TrainConfig(
+            **{k: v for k, v in cfg.train.items() if k in TrainConfig.__dataclass_fields__}
+        )
+        method = cls(
             model,
             train_cfg=train_cfg,
             seed=cfg.seed,
             weight_map=cfg.fewshot.weight_map,
             weight_score=cfg.fewshot.weight_score,
         )
+        method.transfer = transfer
+        return method
 
     def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return self.model.backbone.mean, self.model.backbone.std
+
+    def tags(self) -> dict[str, str]:
+        return {"feclip.checkpoint_transfer": "; ".join(self.transfer)} if self.transfer else {}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -90,18 +118,27 @@ class FEClipMethod(Method):
         return train(self.model, aux, self.train_cfg, rt, seed=self.seed, tokens=tokens, log_epoch=log_epoch)
 
     def frozen_key(self) -> str:
-        """The backbone weights (hashed once per job) and the first tap (where the frozen tokens end)."""
+        """The backbone's full identity (model name, open_clip config, activation, weights: hashed once per
+        job), the first tap (where the frozen tokens end) and the version of the pre-tap code."""
         if self._frozen_key is None:
-            self._frozen_key = f"{weights_fingerprint(self.model.backbone)}|{self.model.taps[0]}"
+            backbone = self.model.backbone
+            identity = {
+                "model": backbone.model_name,
+                "config": open_clip.get_model_config(backbone.model_name),
+                "activation": type(backbone.visual.transformer.resblocks[0].mlp.gelu).__name__,
+                "weights": backbone.fingerprint,
+                "first_tap": self.model.taps[0],
+                "code": PRE_TAP_VERSION,
+            }
+            self._frozen_key = json.dumps(identity, sort_keys=True, default=str)
         return self._frozen_key
 
     def frozen(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model.pre_tap_tokens(inputs)
 
-    def forward(self, inputs=None, *, frozen=None, image_size=None) -> FEClipOutput:
-        if frozen is None:
-            return self.model(inputs)
-        return self.model.forward_from_tokens(frozen, image_size)
+    def forward(self, inputs=None, *, frozen=None) -> FEClipOutput:
+        """inputs (B, 3, h, w), or their pre-tap tokens (`feclip.cache.Frozen`)."""
+        return self.model(inputs) if frozen is None else forward_frozen(self.model, frozen)
 
     def with_references(self, out: FEClipOutput, terms: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return add_fewshot(out, terms["distance"], weight_map=self.weight_map, weight_score=self.weight_score)

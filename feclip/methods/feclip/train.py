@@ -7,16 +7,29 @@ as the full forward (tested bit-identical in fp32).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
+from feclip.cache import Frozen
 from feclip.data.sets import ImageSet
-from feclip.model.feclip import FEClip
+from feclip.errors import FeclipError
+from feclip.model.feclip import FEClip, FEClipOutput
 from feclip.model.losses import feclip_loss
 from feclip.runtime import Runtime
+
+
+class TrainingDiverged(FeclipError):
+    """A training loss became NaN or infinite (a learning rate too high for the data, usually)."""
+
+
+def forward_frozen(model: FEClip, frozen: Frozen) -> FEClipOutput:
+    """FE-CLIP from cached pre-tap tokens; the grid comes with them (`Frozen.input_size`)."""
+    size = frozen.input_size
+    return model.forward_from_tokens(frozen.features.float(), size, token_grid=model.backbone.grid_size(size))
 
 
 @dataclass
@@ -41,7 +54,7 @@ def train(
 ) -> dict[str, list[float]]:
     """Train `model`'s adapters and fc on `data`; returns the per-epoch mean losses by name.
 
-    tokens: (N, T, D) pre-tap tokens of `data` (see feclip.cache), or None to run the full forward.
+    tokens: pre-tap tokens of `data` (`feclip.cache.Frozen`), or None to run the full forward.
     log_epoch(epoch, {name: mean loss}) is called after every epoch (MLflow logging).
     """
     optimizer = torch.optim.Adam(model.param_groups(cfg.lr, cfg.fc_lr_mult))
@@ -53,13 +66,14 @@ def train(
     for epoch in range(cfg.epochs):
         sums: dict[str, float] = defaultdict(float)
         batches = torch.randperm(len(data), generator=order).split(cfg.batch_size)
-        for index in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False):
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
+        seen = 0
+        for step, index in enumerate(bar, start=1):
             batch = data.batch(index, device, image_size, inputs=tokens is None)
             with rt.autocast():
-                if tokens is None:
-                    out = model(batch.inputs)
-                else:
-                    out = model.forward_from_tokens(tokens[index].to(device), image_size)
+                out = (
+                    model(batch.inputs) if tokens is None else forward_frozen(model, tokens[index].to(device))
+                )
             losses = feclip_loss(
                 out,
                 batch.labels,
@@ -68,11 +82,19 @@ def train(
                 weight_cls=cfg.weight_cls,
                 weight_mask=cfg.weight_mask,
             )
+            values = {name: float(value.detach()) for name, value in losses.items()}
+            if not math.isfinite(values["total"]):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch + 1}/{cfg.epochs}, batch {step}/{len(batches)}: "
+                    f"losses {values}; expected finite losses: lower train.lr (now {cfg.lr:g})"
+                )
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
-            for name, value in losses.items():
-                sums[name] += float(value.detach()) * len(index)
+            for name, value in values.items():
+                sums[name] += value * len(index)
+            seen += len(index)
+            bar.set_postfix(loss=f"{sums['total'] / seen:.4f}")
         means = {name: total / len(data) for name, total in sums.items()}
         for name, value in means.items():
             history[name].append(value)

@@ -1,0 +1,31 @@
+"""The record every job writes: valid JSON with undefined metrics as null and their reasons, the random-init
+flag; metric warnings are collected without being hidden."""
+
+import json
+import math
+
+import pytest
+
+from feclip.evaluation.metrics import MetricWarning, hdmap_metrics
+from feclip.jobs.common import RANDOM_INIT_NOTE, metric_warnings, metrics_record
+
+
+def test_undefined_metrics_are_null_with_their_reason():
+    with pytest.warns(MetricWarning, match="'warm' has only good samples"), metric_warnings() as notes:
+        metrics = hdmap_metrics([0.1, 0.9, 0.2, 0.3], [0, 1, 0, 0], ["cold", "cold", "warm", "warm"])
+    assert math.isnan(metrics["auroc_warm"]) and any("'warm'" in n for n in notes)
+    record = metrics_record(metrics, random_init=True, notes=notes)
+    text = json.dumps(record, allow_nan=False)  # strict JSON: no bare NaN
+    loaded = json.loads(text)
+    assert (
+        loaded["metrics"]["auroc_warm"] is None
+        and "'warm' has only good samples" in loaded["undefined"]["auroc_warm"]
+    )
+    assert loaded["metrics"]["auroc"] == metrics["auroc"] and "auroc" not in loaded["undefined"]
+    assert loaded["random_init"] is True and loaded["note"] == RANDOM_INIT_NOTE
+    assert "acc_val" in loaded["undefined"]  # no validation scores were given
+
+
+def test_a_pretrained_run_has_no_random_init_note():
+    record = metrics_record({"auroc": 0.9}, random_init=False, notes=[])
+    assert record["random_init"] is False and "note" not in record and record["undefined"] == {}
