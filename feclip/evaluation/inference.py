@@ -38,7 +38,7 @@ class Predictions:
     scores: np.ndarray  # (N,) image anomaly scores
     map_max: np.ndarray  # (N,) max of the anomaly map
     map_topk: np.ndarray  # (N,) mean of the top-k map values
-    maps: torch.Tensor  # (N, H, W) float16 anomaly maps resized to `map_size` (native image size for HDMAP)
+    maps: torch.Tensor  # (N, H, W) float32 anomaly maps resized to `map_size` (native image size for HDMAP)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. gate decisions per image
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -82,7 +82,7 @@ def predict(
         parts["scores"].append(score.cpu())
         parts["map_max"].append(flat.amax(1).cpu())
         parts["map_topk"].append(flat.topk(min(topk, flat.shape[1]), dim=1).values.mean(1).cpu())
-        parts["maps"].append(F.interpolate(amap[:, None], size=map_size, mode="bilinear")[:, 0].half().cpu())
+        parts["maps"].append(F.interpolate(amap[:, None], size=map_size, mode="bilinear")[:, 0].cpu())
     return Predictions(
         scores=torch.cat(parts["scores"]).numpy(),
         map_max=torch.cat(parts["map_max"]).numpy(),

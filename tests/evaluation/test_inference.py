@@ -53,7 +53,7 @@ def test_predict_batches_scores_and_map_statistics():
     np.testing.assert_allclose(pred.map_max, data.images.flatten(1).amax(1).numpy(), rtol=1e-6)
     top5 = data.images.flatten(1).topk(5, dim=1).values.mean(1).numpy()
     np.testing.assert_allclose(pred.map_topk, top5, rtol=1e-6)
-    assert pred.maps.shape == (7, 31, 95)
+    assert pred.maps.shape == (7, 31, 95) and pred.maps.dtype == torch.float32  # pixel metrics need fp32
 
 
 def test_rescore_columns_and_a_bank_only_method():
