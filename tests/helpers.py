@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -54,3 +57,18 @@ def hdmap_set(n: int = 12) -> ImageSet:
     masks = (torch.rand(n, 31, 95, generator=generator) > 0.95).to(torch.uint8)
     labels = (torch.arange(n) % 2).tolist()
     return labelled_set(images, labels, HDMAPInput((64, 192)), masks * torch.tensor(labels)[:, None, None])
+
+
+def run_cli(args: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"run.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result

@@ -2,12 +2,10 @@
 and a report; bad input stops with one actionable line."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, small_data
 from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server  # noqa: F401
 
@@ -31,32 +29,6 @@ HDMAP_METRICS = (
     "tpr_at_fpr1",
 )
 ARTIFACTS = ("config.yaml", "scores.csv", "metrics.json", "figures", "checkpoint")
-
-
-def small_data(tmp: Path) -> list[str]:
-    """Overrides for a tiny synthetic HDMAP set, one short epoch, everything under `tmp`."""
-    return [
-        f"data.root={tmp / 'hdmap'}",
-        "data.synthetic.n_train=40",
-        "data.synthetic.n_test=40",
-        "train.epochs=1",
-        f"cache_dir={tmp / 'cache'}",
-    ]
-
-
-def run_cli(args: list[str], tmp: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"run.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
 
 
 def check_sweep(uri: str, experiment: str, n_children: int) -> None:

@@ -122,6 +122,13 @@ ANCHORS = (
 )
 
 
+ORACLE_METRICS = ("acc_oracle", "f1_max", "thr_oracle")  # thresholds that see the test labels
+
+
+def is_oracle(metric: str) -> bool:
+    return metric.split("/")[-1].startswith(ORACLE_METRICS)
+
+
 def anchors_for(metric: str) -> list[Anchor]:
     return [anchor for anchor in ANCHORS if anchor.metric == metric]
 
@@ -283,7 +290,15 @@ def write_report(
     lines = report_header(tables)
     for metric, table in tables.items():
         scaled = " (x100)" if _scale(metric) != 1 else ""
-        lines += [f"## {metric}{scaled}", "", METRIC_NOTES.get(metric, metric), "", *_markdown(table), ""]
+        oracle = ", ORACLE threshold: chosen on the test labels" if is_oracle(metric) else ""
+        lines += [
+            f"## {metric}{scaled}{oracle}",
+            "",
+            METRIC_NOTES.get(metric, metric),
+            "",
+            *_markdown(table),
+            "",
+        ]
         lines += [f"- `{a.row}`: {a.note}" for a in anchors_for(metric) if a.row in table.index]
         lines.append("")
         table.to_csv(out / f"{metric}.csv", index_label="row")

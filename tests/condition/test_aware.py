@@ -1,8 +1,14 @@
 """Condition-aware FE-CLIP end to end: gates x reference-bank sizes as one sweep on synthetic HDMAP."""
 
+import numpy as np
 import pandas as pd
+import pytest
+import torch
+from helpers import run_cli, small_data
 from mlflow.tracking import MlflowClient
-from test_run import run_cli, small_data
+
+from feclip.condition.aware import deployable_gate
+from feclip.condition.gates import make_gate
 
 GATE_GROUPS = ("gate_acc_good_cold", "gate_acc_good_warm", "gate_acc_fault_cold", "gate_acc_fault_warm")
 
@@ -50,3 +56,14 @@ def test_gating_and_bank_size_sweep(tmp_path):
         good = scores[scores["label"] == 0]["file_index"]
         assert good.min() >= k and good.max() <= 39 - k
         assert "gate" in scores
+
+
+def test_a_gate_that_needs_labels_gets_the_p90_stand_in_for_unlabelled_images():
+    raw = torch.cat([torch.full((2, 31, 95), 0.2), torch.full((2, 31, 95), 0.4)])
+    condition = np.array(["cold", "cold", "warm", "warm"])
+    oracle = make_gate("oracle")
+    stand_in = deployable_gate(oracle, raw, None, condition)
+    assert stand_in.name == "p90" and stand_in.threshold == pytest.approx(0.3)
+    p90 = make_gate("p90").fit(raw, None, condition)
+    assert deployable_gate(p90, raw, None, condition) is p90
+    assert stand_in.decide(torch.full((1, 31, 95), 0.35)).condition.tolist() == ["warm"]

@@ -3,9 +3,11 @@
 import copy
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
+from open_clip.model import resize_pos_embed
 
 from feclip.model.backbone import BackboneError, ClipBackbone, interpolate_positional_embedding
 from feclip.model.feclip import FEClip, FEClipConfig
@@ -65,6 +67,17 @@ def test_interpolation_keeps_the_native_grid_and_the_class_row(backbone):
     # a 2x upsampling keeps the mean of each channel approximately
     doubled = interpolate_positional_embedding(pos, (14, 14), (28, 28))
     assert torch.allclose(doubled[1:].mean(0), pos[1:].mean(0), atol=0.02)
+
+
+@pytest.mark.parametrize("grid", [(4, 12), (7, 21), (24, 24), (6, 8)])
+def test_interpolation_equals_open_clips_own_resize(backbone, grid):
+    """open_clip.model.resize_pos_embed (bicubic, antialias=True) itself is the reference."""
+    pos = backbone.visual.positional_embedding.detach()
+    state = {"visual.positional_embedding": pos.clone()}
+    target = types.SimpleNamespace(visual=types.SimpleNamespace(grid_size=grid))
+    resize_pos_embed(state, target)
+    ours = interpolate_positional_embedding(pos, (14, 14), grid)
+    torch.testing.assert_close(ours, state["visual.positional_embedding"])
 
 
 def test_non_square_input_runs(backbone):

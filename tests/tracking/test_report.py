@@ -146,7 +146,8 @@ def test_write_report_markdown_csv_and_random_init_warning(store, tmp_path):
     text = path.read_text()
     assert "**Warning: 6 of 6 runs used a random-init backbone" in text and "not FE-CLIP.**" in text
     assert "Backbone: tiny (6 runs)" in text and "1 older reruns left out" in text
-    assert "## auroc (x100)" in text and "| dct | 91.0 ± 1.4 (n=2) | 80.0 | 70.0 | 61.0 | 75.5 |" in text
+    assert "## auroc (x100)\n" in text and "| dct | 91.0 ± 1.4 (n=2) | 80.0 | 70.0 | 61.0 | 75.5 |" in text
+    assert "## acc_oracle (x100), ORACLE threshold: chosen on the test labels" in text
     assert f"- `{PATCHCORE_ROW}`: §2.7" in text and "compare with acc_oracle" in text
     csv = pd.read_csv(tmp_path / "out" / "auroc.csv", index_col=0, dtype=str, keep_default_na=False)
     assert csv.loc["dct"].tolist() == tables["auroc"].loc["dct"].tolist()

@@ -13,7 +13,8 @@ Definitions (n_f faults, n_g goods; "predict fault at t" means score >= t unless
   sklearn's trapezoidal ROC area with ties as one threshold (average rank). Exact integer counts.
 - AP = sum over distinct thresholds t (descending) of (R(t) - R(t_prev)) * P(t): sklearn's step-wise average
   precision, ties as one threshold.
-- f1_max = max over distinct thresholds t of F1 = 2 TP / (2 TP + FP + FN).
+- f1_max = max over distinct thresholds t of F1 = 2 TP / (2 TP + FP + FN): an ORACLE (the threshold is
+  chosen on the test labels), reported as such.
 - tpr_at_fpr1 = max TPR over the ROC operating points (distinct thresholds plus "nothing is a fault") whose
   FPR = FP / n_g <= 0.01; no interpolation between points (with 1000 goods: at most 10 false alarms).
 - acc_oracle (the user's PatchCore protocol, baselines.md §1): candidate thresholds = the 0th, 1st, ..., 100th
