@@ -2,25 +2,40 @@
 
 python run.py                                   # one job on the embedded default
 python run.py -m domain=A,B,C,D freq=dct,fft    # a sweep: one MLflow run per job under one parent run
+
+A bad input stops a single job with one line (exit 2). In a sweep a failing job is marked FAILED (its folder
+and run say why) and the sweep goes on; the process exits 1 when any job failed or never started.
 """
 
 import sys
+import traceback
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from feclip.errors import FeclipError
 from feclip.jobs.run import main
+from feclip.tracking.sweep import sweep_exit_code
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def entry(cfg: DictConfig) -> float | None:
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return main(cfg)
     except FeclipError as error:
         print(f"feclip: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if not sweep:
+            raise SystemExit(2) from None
+    except Exception:
+        if not sweep:
+            raise
+        traceback.print_exc()  # a bug in one job: the others still run
+    return None
 
 
 if __name__ == "__main__":
     entry()
+    raise SystemExit(sweep_exit_code())

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from feclip.cache import CACHE_DTYPES
 from feclip.condition.banks import CONTEXTS, SOURCES
 from feclip.condition.gates import GATES, SOFT_BASES
 from feclip.data.benchmarks import GEOMETRIES
@@ -21,7 +22,7 @@ from feclip.errors import FeclipError
 from feclip.jobs.registry import MODES, PROTOCOLS
 from feclip.methods.registry import METHODS
 from feclip.model.adapters import LFS_STATISTICS
-from feclip.model.feclip import MAPS, SCORES, TAP_PRESETS
+from feclip.model.feclip import FC_INITS, MAPS, SCORES, TAP_PRESETS
 from feclip.model.frequency import TRANSFORMS
 from feclip.registry import Registry
 from feclip.runtime import CACHE_MODES, DEVICES, PRECISIONS
@@ -51,6 +52,8 @@ REGISTRIES = (
     CONTEXTS,
     GATES,
     SOFT_BASES,
+    FC_INITS,
+    CACHE_DTYPES,
 )
 CHOICES: dict[str, Registry] = {registry.key: registry for registry in REGISTRIES}
 

@@ -20,6 +20,7 @@ from feclip.data.transforms import RGBInput
 from feclip.errors import FeclipError
 from feclip.evaluation.inference import predict
 from feclip.evaluation.metrics import benchmark_metrics
+from feclip.jobs.common import JobRecord, epoch_logger
 from feclip.methods.base import Method
 from feclip.methods.registry import build_method
 from feclip.runtime import Runtime, runtime
@@ -66,28 +67,27 @@ def _subset(data: BenchmarkData, rows: np.ndarray) -> BenchmarkData:
     return BenchmarkData(data.images[index], data.masks[index], data.meta.iloc[rows].reset_index(drop=True))
 
 
-def benchmark_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
+def benchmark_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str, float]:
     """Train on the test split of aux=mvtec|visa, then evaluate every dataset of eval.datasets."""
     check_datasets(cfg)
     rt = runtime(cfg)
     method = build_method(cfg).to(rt.device)
-    tracker.set_tags(method.tags())
+    record.set_tags(method.tags())
     to_input = RGBInput(*method.input_stats())
     ctx = SourceContext(None, None, None, None, method.input_size, *method.input_stats())
     source = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx)
 
-    def log_epoch(epoch: int, losses: dict[str, float]) -> None:
-        tracker.log_metrics({f"train_{name}": value for name, value in losses.items()}, step=epoch)
+    def frozen(images):
+        return frozen_features(method, images, rt)
 
-    method.fit(
-        aux=source, rt=rt, frozen=lambda images: frozen_features(method, images, rt), log_epoch=log_epoch
-    )
+    method.fit(aux=source, rt=rt, frozen=frozen, log_epoch=epoch_logger(record))
     metrics = {}
     for spec in cfg.eval.datasets:
         metrics.update(evaluate_dataset(method, spec, rt, to_input))
     metrics["image_auroc"] = float(
         np.mean([metrics[f"{spec.name}/image_auroc"] for spec in cfg.eval.datasets])
     )
+    record.log_metrics(metrics)
     method.save(output_dir / "checkpoint")
     table = paper_table(metrics, cfg.eval.datasets).assign(random_init=method.random_init)
     table.to_csv(output_dir / "paper_comparison.csv", index=False)

@@ -1,10 +1,17 @@
-"""What every job shares: the tracked run around its body, its tags, the random-init label."""
+"""What every job shares: the tracked run around its body (files first), its tags, the random-init label,
+clean ends on signals, and skipping jobs that already finished."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import signal
+import sys
+import threading
+import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +21,20 @@ from omegaconf import DictConfig, OmegaConf
 from feclip import tracking
 from feclip.evaluation.metrics import MetricWarning
 from feclip.methods.registry import METHODS
+from feclip.tracking.local import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    append_history,
+    read_json,
+    update_run,
+    write_json,
+)
+from feclip.tracking.tracker import Terminated, end_status, failure_reason
 
 RANDOM_INIT_NOTE = "random-init backbone: numbers test the pipeline, not FE-CLIP"
 
-Body = Callable[[DictConfig, Path, tracking.Tracker], dict[str, float]]
+Body = Callable[[DictConfig, Path, "JobRecord"], dict[str, float]]
 
 
 def random_init(cfg: DictConfig) -> bool:
@@ -67,33 +84,159 @@ def job_tags(cfg: DictConfig, job: tracking.JobInfo) -> dict[str, str]:
         "variant": job.variant,
         "seed": str(cfg.seed),
         "backbone": cfg.backbone.name,
+        "method": cfg.method.name,
         "mode": cfg.mode,
         "feclip.random_init": str(random_init(cfg)).lower(),
+        "feclip.config_hash": config_hash(cfg),
         **{f"choice.{group}": str(option) for group, option in job.choices.items() if "/" not in group},
     }
 
 
+def config_hash(cfg: DictConfig) -> str:
+    """16 hex digits of the resolved config without where it runs and is tracked (tracking, cache_dir):
+    equal for re-runs of the same job (`tracking.skip_finished`)."""
+    content = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("tracking", "cache_dir", "hydra"):
+        content.pop(key, None)
+    return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class JobRecord:
+    """What a job body records: written to the job folder as soon as it exists, mirrored to MLflow."""
+
+    def __init__(self, folder: Path, tracker: tracking.Tracker, *, random_init: bool, notes: list[str]):
+        self.folder, self.tracker, self.random_init, self.notes = folder, tracker, random_init, notes
+        self.metrics: dict[str, float] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Per-epoch values (`step`) go to history.csv; final metrics to metrics.json (rewritten as more
+        arrive, each value logged to MLflow once)."""
+        if step is not None:
+            append_history(self.folder, step, metrics)
+            self.tracker.log_metrics(metrics, step=step)
+            return
+        new = {k: v for k, v in metrics.items() if self.metrics.get(k, object()) != v}
+        self.metrics.update(metrics)
+        record = metrics_record(self.metrics, random_init=self.random_init, notes=self.notes)
+        write_json(self.folder / METRICS_FILE, record)
+        self.tracker.log_metrics(new)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if tags:
+            previous = read_json(self.folder / RUN_FILE).get("tags", {})
+            update_run(self.folder, tags={**previous, **tags})
+            self.tracker.set_tags(tags)
+
+    def log_artifacts(self, directory: Path) -> None:
+        self.tracker.log_artifacts(directory)
+
+
+def epoch_logger(record: JobRecord) -> Callable[[int, dict[str, float]], None]:
+    """log_epoch(epoch, losses) for a method's fit: `train_<name>` values at step `epoch`."""
+
+    def log_epoch(epoch: int, losses: dict[str, float]) -> None:
+        record.log_metrics({f"train_{name}": value for name, value in losses.items()}, step=epoch)
+
+    return log_epoch
+
+
+@contextlib.contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM (SLURM's time limit) and SIGINT raise `Terminated` in the job, so it ends cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(number, frame):
+        raise Terminated(f"{signal.Signals(number).name} (signal {number})")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def finished_run(cfg: DictConfig, uri: str, digest: str):
+    """A FINISHED run of this experiment with the same config hash, else None."""
+    client = tracking.client_for(uri)
+    exp_id = tracking.experiment_id(client, cfg.tracking.experiment, create=False)
+    if exp_id is None:
+        return None
+    query = f"tags.`feclip.config_hash` = '{digest}' and attributes.status = 'FINISHED'"
+    runs = tracking.search_all_runs(client, [exp_id], query)
+    return runs[0] if runs else None
+
+
 def tracked_job(cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: Body) -> dict[str, float]:
-    """Run `body(cfg, output_dir, tracker) -> metrics` inside an MLflow run; files first, then logging."""
+    """Run `body(cfg, output_dir, record) -> metrics` inside one MLflow run, files first (`JobRecord`).
+
+    Nothing the job computed is lost to tracking: a lost store only stops the mirroring (the closing line
+    prints the sync command); an error or a signal after evaluation still leaves metrics.json and
+    scores.csv in the folder and, where the store works, in the run."""
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     if cfg.tracking.enabled:
         tracking.check_tracking_uri(uri)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (output_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tags = job_tags(cfg, job)
+    identity = {
+        "job_id": uuid.uuid4().hex,
+        "run_name": job.run_name,
+        "experiment": cfg.tracking.experiment,
+        "tracking_uri": uri,
+        "tracked": cfg.tracking.enabled,
+        "overrides": list(job.overrides),
+        "parent_run_id": job.parent_run_id,
+        "sweep_dir": job.sweep_dir,
+    }
+    if cfg.tracking.enabled and cfg.tracking.skip_finished:
+        done = finished_run(cfg, uri, tags["feclip.config_hash"])
+        if done is not None:
+            update_run(
+                output_dir, **identity, tags=tags, status="SKIPPED", reason=f"run {done.info.run_id} finished"
+            )
+            print(f"feclip: skipped {job.run_name}: run {done.info.run_id} with the same config has finished")
+            return dict(done.data.metrics)
+    update_run(output_dir, **identity, tags={**tags, "feclip.job_id": identity["job_id"]}, status="RUNNING")
     tracker = tracking.Tracker(
         uri,
         cfg.tracking.experiment,
         job.run_name,
-        job_tags(cfg, job),
+        {**tags, "feclip.job_id": identity["job_id"]},
         parent_run_id=job.parent_run_id,
         enabled=cfg.tracking.enabled,
+        budget_s=cfg.tracking.budget_s,
+        timeout_s=cfg.tracking.timeout_s,
     )
-    with tracker:
-        tracker.log_params(tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
-        with metric_warnings() as notes:
-            metrics = body(cfg, output_dir, tracker)
-        record = metrics_record(metrics, random_init=random_init(cfg), notes=notes)
-        (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False))
-        tracker.log_metrics(metrics)
-        tracker.log_artifacts(output_dir)
+    error = None
+    try:
+        with signals_as_exceptions(), metric_warnings() as notes, tracker:
+            update_run(output_dir, run_id=tracker.run_id)
+            tracker.log_params(tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+            record = JobRecord(output_dir, tracker, random_init=random_init(cfg), notes=notes)
+            try:
+                metrics = body(cfg, output_dir, record)
+                record.log_metrics(metrics)
+            finally:
+                tracker.log_artifacts(output_dir)
+    except BaseException as caught:
+        error = caught
+        raise
+    finally:
+        update_run(
+            output_dir,
+            status=end_status(error),
+            reason=None if error is None else failure_reason(error),
+            synced=cfg.tracking.enabled and tracker.lost is None,
+            lost=tracker.lost,
+            ended=time.time(),
+        )
+        if tracker.lost:
+            print(
+                f"feclip: tracking was lost ({tracker.lost}); every result is in {output_dir}; log it with: "
+                f"python -m feclip.tracking sync {output_dir} --uri {uri}",
+                file=sys.stderr,
+            )
     return metrics

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from feclip.errors import FeclipError
 from feclip.evaluation.predictor import list_inputs, load_predictor, overlay_writer, predict_files, summary
+from feclip.jobs.common import JobRecord
 from feclip.runtime import runtime
 
 
@@ -17,7 +18,7 @@ class NothingScoredError(FeclipError):
     """Not one input file could be scored."""
 
 
-def predict_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
+def predict_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str, float]:
     """Score predict.input with model.checkpoint, write predictions.csv + summary.json (also when nothing
     could be scored, which then ends the job with a one-line error)."""
     rt = replace(runtime(cfg), batch_size=cfg.predict.batch_size)
@@ -37,7 +38,7 @@ def predict_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
         f"{info['n_shape_mismatch']} of another shape; written to {out / 'predictions.csv'}"
     )
     if out != output_dir:
-        tracker.log_artifacts(out)
+        record.log_artifacts(out)
     if info["n_scored"] == 0:
         raise NothingScoredError(
             f"none of the {info['n_files']} files at {cfg.predict.input} could be scored "

@@ -23,7 +23,7 @@ from feclip.evaluation import calibration
 from feclip.evaluation.figures import write_figures
 from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
 from feclip.evaluation.predictor import save_predictor
-from feclip.jobs.common import RANDOM_INIT_NOTE
+from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, epoch_logger
 from feclip.methods.base import Method
 from feclip.methods.registry import build_method
 from feclip.runtime import Runtime, runtime
@@ -62,37 +62,34 @@ def hdmap_input(cfg: DictConfig, method: Method) -> HDMAPInput:
 
 
 def fit_method(
-    cfg: DictConfig, rt: Runtime, method: Method, *, root: Path, fit: HDMAPData, to_input, tracker
+    cfg: DictConfig, rt: Runtime, method: Method, *, root: Path, fit: HDMAPData, to_input, record: JobRecord
 ) -> dict:
-    """Build the training source and fit the method; per-epoch losses go to MLflow as they come."""
+    """Build the training source and fit the method; per-epoch losses are recorded as they come."""
     mean, std = method.input_stats()
     ctx = SourceContext(root, cold_warm_split(cfg), fit, to_input, method.input_size, mean, std)
     aux = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx)
     normals = labelled_set(fit.images, np.zeros(len(fit), dtype=np.int64), to_input)
 
-    def log_epoch(epoch: int, losses: dict[str, float]) -> None:
-        tracker.log_metrics({f"train_{name}": value for name, value in losses.items()}, step=epoch)
-
     def frozen(images):
         return frozen_features(method, images, rt)
 
-    return method.fit(normals=normals, aux=aux, rt=rt, frozen=frozen, log_epoch=log_epoch)
+    return method.fit(normals=normals, aux=aux, rt=rt, frozen=frozen, log_epoch=epoch_logger(record))
 
 
-def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
+def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str, float]:
     """Train on the auxiliary source, then score every test image of the domain under the HDMAP protocols."""
     rt = runtime(cfg)
     root = hdmap_root(cfg)
     split, allow_integer = cold_warm_split(cfg), cfg.data.allow_integer
     data = load_domain(root, cfg.domain.name, cold_warm_split=split, allow_integer=allow_integer)
     method = build_method(cfg).to(rt.device)
-    tracker.set_tags(method.tags())
+    record.set_tags(method.tags())
     to_input = hdmap_input(cfg, method)
     fit, val = split_validation(
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
     )
     test = data.subset((data.meta["split"] == "test").to_numpy())
-    history = fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, tracker=tracker)
+    history = fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, record=record)
     refs = aware.build(cfg, method, fit, test, to_input, rt)
     native = tuple(data.images.shape[-2:])
 
@@ -118,6 +115,7 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, tracker) -> dict[str, float]:
         metrics.update(refs.metrics(scored.meta))
     scores_table(scored, list(test_pred.columns())).to_csv(output_dir / "scores.csv", index=False)
     write_scores_info(output_dir / "scores_info.json", cfg, method)
+    record.log_metrics(metrics)  # on disk and in the run before anything else can fail
     save_model(cfg, output_dir / "checkpoint", method, to_input, val=val, val_pred=val_pred, refs=refs)
     if cfg.eval.figures:
         caption = RANDOM_INIT_NOTE if method.random_init else ""

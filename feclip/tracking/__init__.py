@@ -8,7 +8,7 @@
 """
 
 from feclip.tracking.names import JobInfo, run_name_from_overrides, variant_from_overrides
-from feclip.tracking.sweep import PARENT_FILE, MlflowSweepCallback, end_parent_run, parent_run_id_for_sweep
+from feclip.tracking.sweep import PARENT_FILE, MlflowSweepCallback, end_sweep, parent_run_id_for_sweep
 from feclip.tracking.tracker import (
     NONFINITE_TAG,
     PARENT_TAG,
@@ -31,7 +31,7 @@ __all__ = [
     "TrackingError",
     "check_tracking_uri",
     "client_for",
-    "end_parent_run",
+    "end_sweep",
     "experiment_id",
     "flatten_config",
     "parent_run_id_for_sweep",

@@ -69,6 +69,8 @@ class JobInfo:
     variant: str
     choices: dict[str, str] = field(default_factory=dict)
     parent_run_id: str | None = None
+    overrides: tuple[str, ...] = ()
+    sweep_dir: str | None = None  # the multirun folder (for a job of a sweep)
 
     @classmethod
     def from_hydra(cls, hydra_cfg: DictConfig | None = None) -> JobInfo:
@@ -81,10 +83,11 @@ class JobInfo:
         choices = {str(k): str(v) for k, v in hc.runtime.choices.items()}
         if "domain" in choices and not any(o.lstrip("+").startswith("domain=") for o in overrides):
             overrides.insert(0, f"domain={choices['domain']}")
-        parent = None
+        parent, sweep_dir = None, None
         if str(hc.mode).endswith("MULTIRUN"):
             sweep_dir = Path(str(hc.sweep.dir))
-            parent = parent_run_id_for_sweep(
-                sweep_dir if sweep_dir.is_absolute() else Path(hc.runtime.cwd) / sweep_dir
-            )
-        return cls(run_name_from_overrides(overrides), variant_from_overrides(overrides), choices, parent)
+            sweep_dir = sweep_dir if sweep_dir.is_absolute() else Path(hc.runtime.cwd) / sweep_dir
+            parent = parent_run_id_for_sweep(sweep_dir)
+        task = tuple(str(o) for o in hc.overrides.task)
+        names = (run_name_from_overrides(overrides), variant_from_overrides(overrides))
+        return cls(*names, choices, parent, task, None if sweep_dir is None else str(sweep_dir))

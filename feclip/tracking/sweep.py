@@ -1,6 +1,8 @@
 """The parent run of a Hydra multirun (`MlflowSweepCallback`, configured in `hydra.callbacks`): it creates the
 parent run and writes its id to `<sweep dir>/mlflow_parent.json`; jobs, in any process or on any node, find it
-with `parent_run_id_for_sweep`. No job relies on in-process state."""
+with `parent_run_id_for_sweep`. No job relies on in-process state. At the end, `end_sweep` counts the jobs
+from their folders, ends the parent run and prints the failed jobs; `sweep_exit_code` is run.py's exit
+code."""
 
 from __future__ import annotations
 
@@ -8,23 +10,20 @@ import atexit
 import functools
 import json
 import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from feclip.tracking.tracker import (
-    MAX_TAG_LENGTH,
-    PARENT_TAG,
-    client_for,
-    experiment_id,
-    search_all_runs,
-    truncate,
-)
-from feclip.tracking.uris import TrackingError, check_tracking_uri, one_line, resolve_tracking_uri
+from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
+from feclip.tracking.tracker import MAX_TAG_LENGTH, client_for, experiment_id, truncate
+from feclip.tracking.uris import TrackingError, check_tracking_uri, fast_http, one_line, resolve_tracking_uri
 
 PARENT_FILE = "mlflow_parent.json"
+STATUSES = ("finished", "failed", "killed", "skipped")
 
 
 def parent_file(sweep_dir: str | Path) -> Path:
@@ -67,12 +66,29 @@ def _tracking_settings(config: DictConfig) -> tuple[bool, str, str]:
     return enabled, uri, str(experiment)
 
 
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs Hydra's basic sweeper launches (`hydra.sweeper.params` + the sweep overrides), or None
+    for another sweeper."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper")):
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
 class MlflowSweepCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun; child jobs nest under it via `mlflow.parentRunId`.
 
     The run id travels through `<hydra.sweep.dir>/mlflow_parent.json`, so jobs in worker processes or SLURM
-    nodes find it. If the sweep aborts (a job raised, Ctrl-C) Hydra skips `on_multirun_end`; an exit hook
-    then ends the parent run FAILED.
+    nodes find it; `<sweep dir>/sweep.json` records the sweep (id, job count, overrides) for `sync`. At the
+    end the parent carries the counts of finished, failed, killed, skipped and never-started jobs (read from
+    the job folders, so a lost store does not lose them) and the closing block lists the failed jobs. If the
+    sweep aborts (Ctrl-C, SIGTERM) Hydra skips `on_multirun_end`; an exit hook then ends the parent FAILED.
     """
 
     def __init__(self) -> None:
@@ -80,21 +96,20 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         enabled, uri, experiment = _tracking_settings(config)
+        sweep_dir = _sweep_dir(config)
+        sweep_id = sweep_id_for(sweep_dir)
+        overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        record = {"sweep_id": sweep_id, "key": uuid.uuid4().hex, "jobs": count_jobs(config)}
+        write_json(sweep_dir / SWEEP_FILE, {**record, "overrides": overrides, "experiment": experiment})
+        self._exit_hook = functools.partial(_end_aborted_sweep, sweep_dir)
+        atexit.register(self._exit_hook)
         if not enabled:
             return
         check_tracking_uri(uri)
-        sweep_dir = _sweep_dir(config)
-        sweep_id = sweep_id_for(sweep_dir)
         client = client_for(uri)
-        overrides = OmegaConf.select(config, "hydra.overrides.task", default=[]) or []
-        tags = {
-            "sweep_id": sweep_id,
-            "feclip.parent": "true",
-            "sweep_dir": str(sweep_dir),
-            "sweep_overrides": truncate(" ".join(map(str, overrides)), MAX_TAG_LENGTH),
-        }
+        tags = parent_tags(sweep_id, sweep_dir, overrides, record["key"])
         run = client.create_run(experiment_id(client, experiment), run_name=f"sweep {sweep_id}", tags=tags)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         record = {
             "run_id": run.info.run_id,
             "tracking_uri": uri,
@@ -102,49 +117,111 @@ class MlflowSweepCallback(Callback):
             "sweep_id": sweep_id,
         }
         parent_file(sweep_dir).write_text(json.dumps(record, indent=2))
-        self._exit_hook = functools.partial(_end_aborted_sweep, sweep_dir)
-        atexit.register(self._exit_hook)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._exit_hook is not None:
             atexit.unregister(self._exit_hook)
             self._exit_hook = None
-        end_parent_run(_sweep_dir(config))
+        end_sweep(_sweep_dir(config))
+
+
+def parent_tags(sweep_id: str, sweep_dir: Path, overrides: list[str], key: str) -> dict[str, str]:
+    return {
+        "sweep_id": sweep_id,
+        "feclip.parent": "true",
+        "feclip.sweep_key": key,
+        "sweep_dir": str(sweep_dir),
+        "sweep_overrides": truncate(" ".join(overrides), MAX_TAG_LENGTH),
+    }
+
+
+@dataclass
+class SweepOutcome:
+    """Job counts of one sweep, from its job folders (`run.json` statuses) and the expected job count."""
+
+    counts: dict[str, int]
+    failed: list[dict]  # run.json records of the failed and killed jobs
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.counts.get("never_started", 0) == 0
+
+
+LAST_SWEEP: list[SweepOutcome] = []  # the outcome of this process's last sweep (run.py's exit code)
+
+
+def sweep_outcome(sweep_dir: Path) -> SweepOutcome:
+    records = [read_json(folder / RUN_FILE) for folder in job_folders(sweep_dir)]
+    counts = {status: sum(r.get("status") == status.upper() for r in records) for status in STATUSES}
+    counts["running"] = sum(r.get("status") == "RUNNING" for r in records)  # a job that died hard
+    expected = (
+        read_json(Path(sweep_dir) / SWEEP_FILE).get("jobs")
+        if (Path(sweep_dir) / SWEEP_FILE).exists()
+        else None
+    )
+    counts["never_started"] = max(0, expected - len(records)) if expected is not None else 0
+    failed = [r for r in records if r.get("status") in ("FAILED", "KILLED", "RUNNING")]
+    return SweepOutcome(counts, failed)
 
 
 def _end_aborted_sweep(sweep_dir: Path) -> None:
     """Exit hook: end a parent run left RUNNING by an aborted sweep; never raise at interpreter exit."""
     try:
-        end_parent_run(sweep_dir, aborted=True)
+        end_sweep(sweep_dir, aborted=True)
     except Exception as error:
         print(f"feclip: could not end the sweep's parent run: {one_line(error, 200)}", file=sys.stderr)
 
 
-def end_parent_run(sweep_dir: str | Path, aborted: bool = False) -> str | None:
-    """End the sweep's parent run (if still running): FINISHED when every child finished, else FAILED.
+def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
+    """Count the jobs, end the parent run (when tracked and still running), print the closing lines."""
+    outcome = sweep_outcome(Path(sweep_dir))
+    LAST_SWEEP[:] = [outcome]
+    status = end_parent_run(sweep_dir, outcome, aborted=aborted)
+    counts = ", ".join(f"{n} {name.replace('_', '-')}" for name, n in outcome.counts.items() if n)
+    print(
+        f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}"
+        + (f" (parent run {status})" if status else "")
+    )
+    for record in outcome.failed:
+        overrides = " ".join(record.get("overrides", [])) or "(no overrides)"
+        reason = record.get("reason") or record["status"]
+        print(f"feclip: failed job {record.get('run_name')} [{overrides}]: {reason}")
+    return outcome
 
-    Child counts go to tags `feclip.children_finished` / `feclip.children_other`. Returns the status set.
-    """
+
+def end_parent_run(sweep_dir: str | Path, outcome: SweepOutcome, aborted: bool = False) -> str | None:
+    """End the sweep's parent run if it is still running: FINISHED when every job finished or was skipped
+    and none is missing, else FAILED; the counts become `feclip.children_<status>` tags. A store that cannot
+    be reached is reported in one line (the job folders keep everything for `sync`)."""
     path = parent_file(sweep_dir)
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    client = client_for(record["tracking_uri"])
-    parent = client.get_run(record["run_id"])
-    if parent.info.status != "RUNNING":
+    try:
+        with fast_http(5):
+            return close_parent(client_for(record["tracking_uri"]), record["run_id"], outcome, aborted)
+    except Exception as error:  # the store may be gone: the sweep's results are in its folders
+        print(
+            f"feclip: could not end the sweep's parent run ({one_line(error, 160)}); sync it later",
+            file=sys.stderr,
+        )
         return None
-    children = search_all_runs(
-        client, [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{record['run_id']}'"
-    )
-    finished = sum(child.info.status == "FINISHED" for child in children)
-    client.set_tag(record["run_id"], "feclip.children_finished", str(finished))
-    client.set_tag(record["run_id"], "feclip.children_other", str(len(children) - finished))
+
+
+def close_parent(client, run_id: str, outcome: SweepOutcome, aborted: bool) -> str | None:
+    if client.get_run(run_id).info.status != "RUNNING":
+        return None
+    for name, count in outcome.counts.items():
+        client.set_tag(run_id, f"feclip.children_{name}", str(count))
     if aborted:
         client.set_tag(
-            record["run_id"],
-            "failure_reason",
-            "sweep ended without on_multirun_end (a job raised or the sweep was interrupted)",
+            run_id, "failure_reason", "sweep ended without on_multirun_end (interrupted or a job crashed)"
         )
-    status = "FAILED" if aborted or finished < len(children) else "FINISHED"
-    client.set_terminated(record["run_id"], status)
+    status = "FINISHED" if outcome.ok and not aborted else "FAILED"
+    client.set_terminated(run_id, status)
     return status
+
+
+def sweep_exit_code() -> int:
+    """0 when this process ran no sweep or its last sweep had no failed or missing job, else 1."""
+    return 0 if not LAST_SWEEP or LAST_SWEEP[0].ok else 1

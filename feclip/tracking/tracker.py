@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 import traceback
 import warnings
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from feclip.tracking.uris import TrackingError, one_line
+from feclip.tracking.uris import TrackingError, fast_http, http_reason, one_line
 
 TRUNCATION_MARKER = "...[truncated]"
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -51,7 +52,7 @@ def truncate(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
+def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -92,8 +93,13 @@ def experiment_id(client, name: str, create: bool = True) -> str | None:
 class Tracker:
     """One MLflow run for one job: `with Tracker(...) as tracker:`; disabled -> every method is a no-op.
 
-    On an exception inside the `with`, the run ends FAILED (KILLED for KeyboardInterrupt) with the tag
-    `failure_reason` and the artifact `traceback.txt`, and the exception propagates.
+    On an exception inside the `with`, the run ends FAILED (KILLED for KeyboardInterrupt and SIGTERM) with
+    the tag `failure_reason` and the artifact `traceback.txt`, and the exception propagates.
+
+    Tracking never costs a job its results: every call to the store has a short timeout (`timeout_s`, no
+    mlflow retry loop) and failed calls are retried with backoff within one budget for the whole run
+    (`budget_s`). Once the budget is spent the tracker stops calling the store and `lost` says why; the job
+    goes on (its folder holds everything, `python -m feclip.tracking sync` logs it afterwards).
     """
 
     def __init__(
@@ -104,13 +110,44 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         enabled: bool = True,
+        *,
+        budget_s: float = 30.0,
+        timeout_s: float = 5.0,
     ):
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.parent_run_id, self.enabled = parent_run_id, enabled
+        self.budget_s, self.timeout_s = budget_s, timeout_s
+        self.lost: str | None = None  # why the tracker stopped calling the store (None while it works)
+        self._spent = 0.0
         self._client = None
         self._run_id: str | None = None
         self._nonfinite: set[str] = set()
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs) against the store, retried within the budget; None once tracking is lost."""
+        if self.lost is not None:
+            return None
+        delay = 0.5
+        while True:
+            start = time.monotonic()
+            try:
+                with fast_http(max(1, round(self.timeout_s))):
+                    return fn(*args, **kwargs)
+            except TrackingError:
+                raise
+            except Exception as error:  # whatever the store raises: the job must go on
+                self._spent += time.monotonic() - start
+                if self._spent + delay > self.budget_s:
+                    self.lost = f"{what} failed ({http_reason(error)}) after {self._spent:.0f} s of retries"
+                    print(
+                        f"feclip: tracking at {self.uri} stopped: {self.lost}; the job goes on",
+                        file=sys.stderr,
+                    )
+                    return None
+                time.sleep(delay)
+                self._spent += delay
+                delay = min(2 * delay, 8.0)
 
     @property
     def run_id(self) -> str | None:
@@ -123,10 +160,15 @@ class Tracker:
         from mlflow.tracking.context.registry import resolve_tags
 
         self._client = client_for(self.uri)
-        exp_id = experiment_id(self._client, self.experiment)
-        tags = resolve_tags({**self._parent_tags(exp_id), **self.tags})
-        run = self._client.create_run(exp_id, run_name=self.run_name, tags=tags)
-        self._run_id = run.info.run_id
+        exp_id = self._call("creating the experiment", experiment_id, self._client, self.experiment)
+        if exp_id is None:
+            return self
+        parent = self._call("reading the parent run", self._parent_tags, exp_id) or {}
+        tags = resolve_tags({**parent, **self.tags})
+        run = self._call(
+            "creating the run", self._client.create_run, exp_id, run_name=self.run_name, tags=tags
+        )
+        self._run_id = None if run is None else run.info.run_id
         return self
 
     def _parent_tags(self, exp_id: str) -> dict[str, str]:
@@ -150,28 +192,23 @@ class Tracker:
         return {PARENT_TAG: self.parent_run_id, **sweep}
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self._run_id is None:
+        if not self._open():
             return False
         if exc is None:
-            self._client.set_terminated(self._run_id, "FINISHED")
+            self._call("ending the run", self._client.set_terminated, self._run_id, "FINISHED")
             return False
-        try:
-            self._client.set_tag(
-                self._run_id, "failure_reason", truncate(f"{exc_type.__name__}: {exc}", MAX_TAG_LENGTH)
-            )
-            self._client.log_text(self._run_id, "".join(traceback.format_exception(exc)), "traceback.txt")
-            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-            self._client.set_terminated(self._run_id, status)
-        except Exception as error:  # never hide the job's own exception
-            warnings.warn(f"could not mark run {self._run_id} failed: {one_line(error, 200)}", stacklevel=2)
+        reason = truncate(failure_reason(exc), MAX_TAG_LENGTH)
+        self._call("tagging the failure", self._client.set_tag, self._run_id, "failure_reason", reason)
+        text = "".join(traceback.format_exception(exc))
+        self._call("logging the traceback", self._client.log_text, self._run_id, text, "traceback.txt")
+        self._call("ending the run", self._client.set_terminated, self._run_id, end_status(exc))
         return False
 
     def _open(self) -> bool:
-        if not self.enabled:
-            return False
-        if self._run_id is None:
+        """Whether calls should go to the store: enabled, the run created, tracking not lost."""
+        if self.enabled and self._client is None:
             raise TrackingError("Tracker methods need an open run: use `with Tracker(...) as tracker:`")
-        return True
+        return self.enabled and self._run_id is not None and self.lost is None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log `params` (nested dicts/lists flattened to dotted keys; values over 6000 chars truncated with
@@ -183,8 +220,8 @@ class Tracker:
         entries = [
             Param(param_key(k), truncate(v, MAX_PARAM_LENGTH)) for k, v in flatten_config(params).items()
         ]
-        for batch in _batches(entries, PARAMS_PER_BATCH):
-            self._client.log_batch(self._run_id, params=batch)
+        for batch in batches(entries, PARAMS_PER_BATCH):
+            self._call("logging params", self._client.log_batch, self._run_id, params=batch)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric `metrics` at `step` (default 0). Non-finite values are skipped and named in the tag
@@ -200,13 +237,12 @@ class Tracker:
                 entries.append(Metric(param_key(key), number, now, step or 0))
             else:
                 skipped.add(param_key(key))
-        for batch in _batches(entries, METRICS_PER_BATCH):
-            self._client.log_batch(self._run_id, metrics=batch)
+        for batch in batches(entries, METRICS_PER_BATCH):
+            self._call("logging metrics", self._client.log_batch, self._run_id, metrics=batch)
         if skipped - self._nonfinite:
             self._nonfinite |= skipped
-            self._client.set_tag(
-                self._run_id, NONFINITE_TAG, truncate(",".join(sorted(self._nonfinite)), MAX_TAG_LENGTH)
-            )
+            value = truncate(",".join(sorted(self._nonfinite)), MAX_TAG_LENGTH)
+            self._call("tagging non-finite metrics", self._client.set_tag, self._run_id, NONFINITE_TAG, value)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self._open():
@@ -214,17 +250,37 @@ class Tracker:
         from mlflow.entities import RunTag
 
         entries = [RunTag(str(k), truncate(v, MAX_TAG_LENGTH)) for k, v in tags.items()]
-        for batch in _batches(entries, PARAMS_PER_BATCH):
-            self._client.log_batch(self._run_id, tags=batch)
+        for batch in batches(entries, PARAMS_PER_BATCH):
+            self._call("setting tags", self._client.log_batch, self._run_id, tags=batch)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Upload every file under `local_dir` (keeping the tree) into the run's artifacts."""
         if self._open():
-            self._client.log_artifacts(self._run_id, str(local_dir), artifact_path)
+            self._call(
+                "logging artifacts", self._client.log_artifacts, self._run_id, str(local_dir), artifact_path
+            )
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._open():
-            self._client.log_artifact(self._run_id, str(path), artifact_path)
+            self._call(
+                "logging an artifact", self._client.log_artifact, self._run_id, str(path), artifact_path
+            )
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM: what SLURM sends at a time limit) turned into an exception, so the job
+    ends like on Ctrl-C: files flushed, the run KILLED with the signal as the reason."""
+
+
+def failure_reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def end_status(error: BaseException | None) -> str:
+    """FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED."""
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
 
 
 def _as_float(key: str, value: Any) -> float:

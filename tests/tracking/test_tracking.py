@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 
 from feclip import tracking
 from feclip.tracking import JobInfo, MlflowSweepCallback, Tracker, TrackingError
+from feclip.tracking.local import update_run
+from feclip.tracking.sweep import sweep_exit_code
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +202,19 @@ def _children(store: str, parent_id: str):
 
 
 def _job(store: str, experiment: str, sweep_dir: Path, name: str, fail: bool = False) -> None:
+    """A job of the sweep: its run under the parent and its folder's run.json (what the counts read)."""
     parent = tracking.parent_run_id_for_sweep(sweep_dir)
-    with Tracker(store, experiment, name, {"domain": name}, parent_run_id=parent):
-        if fail:
-            raise ValueError("job failed")
+    folder = sweep_dir / str(len(list(sweep_dir.glob("*/run.json"))))
+    folder.mkdir(parents=True)
+    update_run(folder, run_name=name, overrides=[f"x={name}"], status="RUNNING")
+    try:
+        with Tracker(store, experiment, name, {"domain": name}, parent_run_id=parent):
+            if fail:
+                raise ValueError("job failed")
+    finally:
+        update_run(
+            folder, status="FAILED" if fail else "FINISHED", reason="ValueError: job failed" if fail else None
+        )
 
 
 def test_sweep_callback_parent_run_children_and_end(store, tmp_path):
@@ -238,16 +249,28 @@ def test_sweep_parent_fails_when_a_child_failed(store, tmp_path):
     callback.on_multirun_end(config)
     parent = _run(store, tracking.parent_run_id_for_sweep(sweep_dir))
     assert parent.info.status == "FAILED"
-    assert (parent.data.tags["feclip.children_finished"], parent.data.tags["feclip.children_other"]) == (
-        "1",
-        "1",
-    )
+    counts = [parent.data.tags[f"feclip.children_{k}"] for k in ("finished", "failed", "never_started")]
+    assert counts == ["1", "1", "0"]
 
 
-def test_sweep_disabled_writes_nothing(store, tmp_path):
+def test_sweep_counts_jobs_that_never_started(store, tmp_path, capsys):
+    config = _sweep_config(store, tmp_path, "sweep_missing")
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    sweep_dir = tmp_path / "multirun/2025-01-01/12-00-00"
+    _job(store, "sweep_missing", sweep_dir, "A")  # freq=dct,fft: 2 jobs expected, 1 ran
+    callback.on_multirun_end(config)
+    parent = _run(store, tracking.parent_run_id_for_sweep(sweep_dir))
+    assert parent.info.status == "FAILED" and parent.data.tags["feclip.children_never_started"] == "1"
+    assert "1 finished, 1 never-started" in capsys.readouterr().out and sweep_exit_code() == 1
+
+
+def test_sweep_disabled_creates_no_parent_run(store, tmp_path):
     MlflowSweepCallback().on_multirun_start(_sweep_config(store, tmp_path, "sweep_off", enabled=False))
-    assert not (tmp_path / "multirun").exists()
-    assert tracking.parent_run_id_for_sweep(tmp_path / "multirun/2025-01-01/12-00-00") is None
+    sweep_dir = tmp_path / "multirun/2025-01-01/12-00-00"
+    assert json.loads((sweep_dir / "sweep.json").read_text())["jobs"] == 2  # the local record is kept
+    assert tracking.parent_run_id_for_sweep(sweep_dir) is None
+    assert MlflowClient(store).get_experiment_by_name("sweep_off") is None
 
 
 def test_parent_record_must_be_json(tmp_path):

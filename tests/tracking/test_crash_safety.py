@@ -1,0 +1,179 @@
+"""Crash safety with real processes: a tracking server killed by its PID mid-training, sync afterwards, a bad
+job inside a sweep (basic and joblib launchers), SIGTERM / SIGINT, and resuming a sweep. Bounded in time."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, run_cli, small_data
+from mlflow import MlflowClient
+from mlflow_server import running_mlflow_server
+
+from feclip.data import synthetic
+from feclip.tracking.local import read_history
+from feclip.tracking.sync import sync
+
+RESULT_FILES = (
+    "config.yaml",
+    "run.json",
+    "history.csv",
+    "metrics.json",
+    "scores.csv",
+    "checkpoint",
+    "figures",
+)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    log = open(cwd / "job.log", "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=ENV, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _wait_for_epochs(folder: Path, n: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the job ended early ({process.returncode})")
+        if (folder / "history.csv").exists() and len({s for s, _, _ in read_history(folder)}) >= n:
+            return
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"no {n} epochs in {folder} after {timeout_s} s")
+
+
+def _job(tmp: Path, *extra: str, folder: str = "job") -> list[str]:
+    """One job on the tiny synthetic set under `tmp`, its folder `tmp/<folder>`."""
+    return [*small_data(tmp), "domain=A", "train.epochs=12", f"hydra.run.dir={tmp / folder}", *extra]
+
+
+def _runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def _params_and_metrics(run) -> tuple[dict, dict]:
+    params = {k: v for k, v in run.data.params.items() if not k.startswith("tracking.") and k != "hydra"}
+    return params, run.data.metrics
+
+
+def test_a_killed_server_costs_at_most_the_budget_and_sync_completes_the_run(tmp_path):
+    reference_uri = f"sqlite:///{tmp_path / 'reference.db'}"
+    run_cli(
+        [*_job(tmp_path, folder="reference"), f"tracking.uri={reference_uri}", "tracking.experiment=e"],
+        tmp_path,
+    )
+    (reference,) = _runs(reference_uri, "e")
+    with running_mlflow_server(tmp_path / "server") as server:
+        args = [*_job(tmp_path), f"tracking.uri={server.uri}", "tracking.experiment=e", "tracking.budget_s=6"]
+        job = _start(args, tmp_path)
+        _wait_for_epochs(tmp_path / "job", 2, job)
+        os.killpg(server.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert job.wait(timeout=240) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    after_kill_s = time.monotonic() - killed_at
+    folder = tmp_path / "job"
+    assert all((folder / name).exists() for name in RESULT_FILES)
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "FINISHED" and record["synced"] is False and "after" in record["lost"]
+    assert "python -m feclip.tracking sync" in (tmp_path / "job.log").read_text()
+    assert after_kill_s < 6 + 60  # the budget plus the rest of the (tiny) job
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    sync(folder, fresh)
+    (synced,) = _runs(fresh, "e")
+    assert synced.info.status == "FINISHED"
+    assert _params_and_metrics(synced) == _params_and_metrics(reference)
+    history = MlflowClient(fresh).get_metric_history(synced.info.run_id, "train_total")
+    assert [m.step for m in history] == list(range(12))
+    artifacts = {a.path for a in MlflowClient(fresh).list_artifacts(synced.info.run_id)}
+    assert {"metrics.json", "scores.csv", "checkpoint", "figures"} <= artifacts
+
+
+def test_sync_twice_and_after_a_half_logged_run_leaves_one_complete_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_cli([*_job(tmp_path), f"tracking.uri={uri}", "tracking.experiment=e", "train.epochs=2"], tmp_path)
+    (original,) = _runs(uri, "e")
+    client = MlflowClient(uri)
+    client.delete_tag(original.info.run_id, "domain")  # a run logged halfway: a tag, metrics, a status lost
+    client.set_terminated(original.info.run_id, "RUNNING")
+    for _ in range(2):
+        sync(tmp_path / "job", uri)
+    (run,) = _runs(uri, "e")
+    assert run.info.run_id == original.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["domain"] == "A" and run.data.metrics == original.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "train_total")) == 2
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    sync(tmp_path / "job", other)
+    sync(tmp_path / "job", other)
+    assert len(_runs(other, "e")) == 1
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_bad_job_does_not_end_the_sweep(tmp_path, launcher):
+    synthetic.ensure(tmp_path / "hdmap", n_train=40, n_test=40, seed=0)
+    broken = tmp_path / "hdmap" / "domain_B" / "test" / "good" / "000003.tiff"
+    broken.write_bytes(b"not a tiff")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["-m", "domain=A,B,C", *small_data(tmp_path), f"tracking.uri={uri}", "tracking.experiment=bad"]
+    args += [f"hydra.sweep.dir={tmp_path / 'multirun'}", "eval.figures=false"]
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    result = run_cli(args, tmp_path, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    runs = _runs(uri, "bad")
+    (parent,) = [r for r in runs if r.data.tags.get("feclip.parent") == "true"]
+    children = {r.data.tags["domain"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    assert {d: r.info.status for d, r in children.items()} == {
+        "A": "FINISHED",
+        "B": "FAILED",
+        "C": "FINISHED",
+    }
+    assert "000003.tiff: not a readable TIFF" in children["B"].data.tags["failure_reason"]
+    counts = {k: parent.data.tags[f"feclip.children_{k}"] for k in ("finished", "failed", "never_started")}
+    assert counts == {"finished": "2", "failed": "1", "never_started": "0"} and parent.info.status == "FAILED"
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("feclip: failed job B-") and "domain=B" in last and "000003.tiff" in last
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_job_killed_with_its_files(tmp_path, sig):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = _start(
+        [*_job(tmp_path, "train.epochs=200"), f"tracking.uri={uri}", "tracking.experiment=sig"], tmp_path
+    )
+    _wait_for_epochs(tmp_path / "job", 2, job)
+    job.send_signal(sig)
+    assert job.wait(timeout=120) != 0
+    (run,) = _runs(uri, "sig")
+    assert run.info.status == "KILLED" and sig.name in run.data.tags["failure_reason"]
+    record = json.loads((tmp_path / "job" / "run.json").read_text())
+    assert record["status"] == "KILLED" and sig.name in record["reason"]
+    assert (
+        len({s for s, _, _ in read_history(tmp_path / "job")}) >= 2
+        and (tmp_path / "job" / "config.yaml").exists()
+    )
+
+
+def test_skip_finished_reruns_only_what_is_missing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["-m", "domain=A,C", *small_data(tmp_path), f"tracking.uri={uri}", "tracking.experiment=resume"]
+    common += ["eval.figures=false", "tracking.skip_finished=true"]
+    first = _start([*common, "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'first'}"], tmp_path)
+    _wait_for_epochs(tmp_path / "first" / "1", 2, first)  # job 0 (A) finished, job 1 (C) training
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    statuses = sorted(r.info.status for r in _runs(uri, "resume") if r.data.tags.get("domain"))
+    assert statuses == ["FINISHED", "KILLED"]
+    run_cli([*common, "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'second'}"], tmp_path)
+    records = [json.loads((tmp_path / "second" / str(i) / "run.json").read_text()) for i in (0, 1)]
+    assert [r["status"] for r in records] == ["SKIPPED", "FINISHED"]
+    finished = [r.data.tags.get("domain") for r in _runs(uri, "resume") if r.info.status == "FINISHED"]
+    assert sorted(d for d in finished if d) == ["A", "C"]  # one finished run per job, the parents aside
