@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.fft
 from scipy.stats import rankdata
 
 from feclip.errors import FeclipError
@@ -132,7 +133,7 @@ def _shifted_power(images: np.ndarray, hann: bool) -> np.ndarray:
         x = (x - x.mean(axis=(1, 2), keepdims=True)) * np.outer(
             np.hanning(x.shape[1]), np.hanning(x.shape[2])
         )
-    return np.abs(np.fft.fftshift(np.fft.fft2(x), axes=(1, 2))) ** 2
+    return np.abs(np.fft.fftshift(scipy.fft.fft2(x), axes=(1, 2))) ** 2
 
 
 def band_energy(images: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ Changes from the spec's prototype (VERSION 1), each fitted to the section-6 targ
   max spread);
 - faults change all five texture shares (`fault_mult`), not only COL and LAT: B and D faults keep their
   CV and get the lower SFM of the real faults; the very-low band share drops in faults as measured;
+- the warm level spread is a skewed Beta(2, 3) (LEVEL_BETA; measured skew 0.19-0.35, kurtosis -0.64 against
+  the measured -0.8 .. -0.9);
 - per-domain parameter changes, each marked "v2:" in PARAMS with the target it was fitted to.
 
 Options (keyword arguments of `generate_domain`, `generate`, `ensure`):
@@ -56,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
+from scipy.stats import beta as beta_distribution
 from scipy.stats import poisson
 
 from feclip.data.faults import (
@@ -81,6 +84,11 @@ SIDECAR_COLUMNS = (
 )  # fmt: skip
 
 LEVEL_SD = (0.076, 0.065)  # r_c: relative sd of the per-image level, (cold, warm)
+# Beta shapes (a, b) of the level spread, (cold, warm). v2: warm Beta(2, 3) (was Beta(2, 2), skew 0), skew
+# 0.29 against the measured skew of the C warm per-image means 0.35 (good) / 0.19 (fault) (hdmap.md 2.2): a
+# shorter lower tail of the warm images, for the C mean-threshold gate (6.4). Cold stays Beta(2, 2) (measured
+# skew 0.15; a skewed cold spread lengthens the upper tail of the cold p90 and breaks the B p90 gate)
+LEVEL_BETA = ((2.0, 2.0), (2.0, 3.0))
 CV_SD = (0.024, 0.017)  # s_c: sd of the per-image CV
 LEVEL_CV_CORR = (0.62, -0.20)  # ρ_c = corr(level, CV)
 WARM_STRUCTURE_CORR = 0.7  # expected correlation of the warm and cold COL/ROW/LAT fields
@@ -176,7 +184,7 @@ PARAMS = {
         fault_row=5, sigma_y=0.8, coverage=0.6,
         fault_mult=(0.50, 1.0, 0.50, 1.0, 1.0),
         gain=(1.12, 1.138),
-        dcv=(0.016, 0.005),  # v2: (0.015, 0.0); min AUROC cold / warm and p5 AUROC warm (6.5), min (6.2)
+        dcv=(0.016, 0.006),  # v2: (0.015, 0.0); min AUROC cold / warm and p5 AUROC warm (6.5), min (6.2)
         band_amp=(0.25, 0.50),  # v2: warm 0.46; one band row in warm faults (6.6)
         peak_min=(1, 1), peak_rate=(0.6, 2.17),
         peak_amp=(1.0, 4.05),  # v2: cold 0.3; cold max AUROC and cold faults with max > 0.6787 (6.5)
@@ -289,7 +297,7 @@ def _structure(p: DomainParams, rng: np.random.Generator) -> np.ndarray:
 class _Draws:
     """Everything one batch of files draws from its per-file streams (N files)."""
 
-    beta: np.ndarray  # (N,) Beta(2, 2): level spread
+    level_u: np.ndarray  # (N,) uniform of the level spread (Beta quantile)
     z: np.ndarray  # (N, 3) standard normals: CV, train τ, band amplitude
     noise: np.ndarray  # (N, 2, H, W) white noise of SM and N
     segment_noise: np.ndarray  # (N, W)
@@ -310,16 +318,14 @@ def _draw(rngs: list[np.random.Generator]) -> _Draws:
     """The draws of N files from their own streams (the same amount for every file)."""
     n, pixels = len(rngs), HEIGHT * WIDTH
     normals = np.empty((n, 3 + 2 * pixels + WIDTH + MAX_PEAKS + 2 * MAX_SPOTS))
-    uniforms = np.empty((n, 4 + 2 * MAX_PEAKS + 2 * MAX_SPOTS))
-    beta = np.empty(n)
+    uniforms = np.empty((n, 5 + 2 * MAX_PEAKS + 2 * MAX_SPOTS))
     for i, rng in enumerate(rngs):
         normals[i] = rng.standard_normal(normals.shape[1])
         uniforms[i] = rng.random(uniforms.shape[1])
-        beta[i] = rng.beta(2.0, 2.0)
     cuts = np.cumsum([3, 2 * pixels, WIDTH, MAX_PEAKS])
     z, noise, segment_noise, peak_z, spot_z = np.split(normals, cuts, axis=1)
     return _Draws(
-        beta=beta,
+        level_u=uniforms[:, 4 + 2 * MAX_PEAKS + 2 * MAX_SPOTS],
         z=z,
         noise=noise.reshape(n, 2, HEIGHT, WIDTH),
         segment_noise=segment_noise,
@@ -327,9 +333,16 @@ def _draw(rngs: list[np.random.Generator]) -> _Draws:
         count_u=uniforms[:, 1:4],
         peak_u=uniforms[:, 4 : 4 + 2 * MAX_PEAKS].reshape(n, 2, MAX_PEAKS),
         peak_z=peak_z,
-        spot_u=uniforms[:, 4 + 2 * MAX_PEAKS :].reshape(n, 2, MAX_SPOTS),
+        spot_u=uniforms[:, 4 + 2 * MAX_PEAKS : 4 + 2 * MAX_PEAKS + 2 * MAX_SPOTS].reshape(n, 2, MAX_SPOTS),
         spot_z=spot_z.reshape(n, 2, MAX_SPOTS),
     )
+
+
+def _unit_beta(u: np.ndarray, warm: np.ndarray) -> np.ndarray:
+    """(N,) standardised Beta(LEVEL_BETA[condition]) draws from uniforms u (N,): mean 0, sd 1."""
+    a, b = (np.take([shape[k] for shape in LEVEL_BETA], warm) for k in range(2))
+    mean, sd = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    return (beta_distribution.ppf(u, a, b) - mean) / sd
 
 
 def _poisson(u: np.ndarray, rate) -> np.ndarray:
@@ -370,20 +383,19 @@ class _Renderer:
 
         Train: τ interpolates μ and CV between cold and warm; the level-CV correlation and the structure
         assets are those of the nearer condition (τ >= 0.5: warm), an assumption (5.2 leaves it open)."""
-        p, b = self.p, (2.0 * d.beta - 1.0) / 0.447
-        tau = np.full(len(b), np.nan)
+        p, n, tau = self.p, len(warm), np.full(len(warm), np.nan)
         if folder == 0:
             tau = np.clip(p.train_tau[0] + p.train_tau[1] * d.z[:, 1], *TAU_RANGE)
             warm = (tau >= 0.5).astype(int)
             mu = p.mu[0] + tau * (p.mu[1] - p.mu[0])
             cv = p.cv[0] + tau * (p.cv[1] - p.cv[0])
-            level_sd, cv_sd = np.full(len(b), TRAIN_LEVEL_SD), np.full(len(b), TRAIN_CV_SD)
+            level_sd, cv_sd = np.full(n, TRAIN_LEVEL_SD), np.full(n, TRAIN_CV_SD)
         else:
             mu, cv = np.take(p.mu, warm), np.take(p.cv, warm)
             level_sd, cv_sd = np.take(LEVEL_SD, warm), np.take(CV_SD, warm)
             if folder == 2:
                 mu, cv = mu * np.take(p.gain, warm), cv + np.take(p.dcv, warm)
-        rho = np.take(LEVEL_CV_CORR, warm)
+        b, rho = _unit_beta(d.level_u, warm), np.take(LEVEL_CV_CORR, warm)
         cv_i = np.clip(cv + cv_sd * (rho * b + np.sqrt(1 - rho**2) * d.z[:, 0]), *CV_RANGE)
         return {"warm": warm, "tau": tau, "mu_i": mu * (1.0 + level_sd * b), "cv_i": cv_i, "cv_c": cv}
 
