@@ -157,9 +157,8 @@ class BandFaultConfig:
     """
 
     family: str = "training"
-    row: str | int = (
-        "random"  # fault row y_f (training: the strip's top row): "random" (per image) or an index
-    )
+    # fault row y_f (training: the strip's top row): "random" (uniform per image) or a row index
+    row: str | int = "random"
     # test_like: band gain A (image × (1 + A·v(y)·m(x))), 0.2-0.3 ≈ domain C cold contrast, 1.0: 2× on the row
     amplitude: tuple[float, float] = (0.2, 1.0)
     sigma_y: tuple[float, float] = (0.6, 1.2)  # test_like: band sd in rows (σ_y = 0.8: ≈ 3 visible rows)
@@ -170,10 +169,8 @@ class BandFaultConfig:
     strip_width: tuple[int, int] = (10, 80)  # training: strip columns, inclusive range
     n_peaks: tuple[int, int] = (0, 3)  # number of peaks, inclusive range
     peak_amplitude: tuple[float, float] = (0.3, 5.0)  # peak height × the image mean, log-uniform
-    gain: tuple[float, float] = (
-        1.0,
-        1.0,
-    )  # whole-image level factor, not in the mask (real C faults ≈ ×1.12)
+    # whole-image level factor, not in the mask (real C faults ≈ ×1.12)
+    gain: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -251,9 +248,8 @@ def cut_paste_strips(
     top = uniform.integers((n,), 0, height - 1) if cfg.row == "random" else np.full(n, cfg.row)
     top = np.minimum(top, height - h)
     left = (uniform((n,)) * (width - w + 1)).astype(int)
-    source_top = (
-        top + h + (uniform((n,)) * (height - 2 * h + 1)).astype(int)
-    )  # rows after the target, wrapped
+    # the source strip starts below the target strip and wraps around: it never overlaps the target rows
+    source_top = top + h + (uniform((n,)) * (height - 2 * h + 1)).astype(int)
     amplitude, gain = uniform((n,), *cfg.strip_amplitude), uniform((n,), *cfg.gain)
     n_peaks = uniform.integers((n,), *cfg.n_peaks)
     u_peak = uniform((n, 2, cfg.n_peaks[1]))
