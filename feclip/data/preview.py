@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from feclip.data.hdmap import HDMAPData, load_domain
+from feclip.data import synthetic
 from feclip.data.synthetic import SIDECAR
 
 ROWS = (  # (row title, split, label, condition)
@@ -95,7 +96,7 @@ def preview_figure(
 
 def render_preview(root, domain: str, out, per_row: int = 6, vmax: float | None = None) -> Path:
     """Write the preview PNG of `<root>/domain_<domain>` to `out`; returns the path."""
-    data = load_domain(root, domain)
+    data = load_domain(root, domain, cold_warm_split=synthetic.cold_warm_split(root))
     title = f"HDMAP domain {domain}: {root}"
     fig = preview_figure(data, title, fault_rows(root, domain), per_row, vmax)
     out = Path(out)

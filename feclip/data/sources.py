@@ -45,10 +45,12 @@ class SourceContext:
 @dataclass(frozen=True)
 class Source:
     """A training source: `build(cfg, ctx) -> ImageSet | None`; `needs_hdmap`: it reads the HDMAP domain
-    (so a paper-benchmark job, which has none, cannot use it)."""
+    (so a paper-benchmark job, which has none, cannot use it); `tags(cfg)`: run tags that say what the run
+    was trained on (e.g. in-distribution synthetic faults)."""
 
     build: Callable[[DictConfig, SourceContext], ImageSet | None]
     needs_hdmap: bool
+    tags: Callable[[DictConfig], dict[str, str]] = lambda cfg: {}
 
 
 AUX_SOURCES: Registry[Source] = Registry("auxiliary training source", key="aux.source")
@@ -66,6 +68,15 @@ def synthetic_faults(cfg: DictConfig, ctx: SourceContext) -> ImageSet:
     masks = torch.cat([torch.zeros(normals.shape, dtype=torch.uint8), fault_masks])
     labels = [0] * len(normals) + [1] * len(picks)
     return labelled_set(torch.cat([normals, faulty]), labels, ctx.to_input, masks)
+
+
+def synthetic_fault_tags(cfg: DictConfig) -> dict[str, str]:
+    """The fault family, and a loud label when the training faults are the test faults' own process."""
+    family = cfg.aux.fault.family
+    tags = {"feclip.training_faults": family}
+    if family == "test_like":
+        tags["feclip.in_distribution"] = "true: trained on the synthetic test faults' own process (optimistic)"
+    return tags
 
 
 def hdmap_other_domains(cfg: DictConfig, ctx: SourceContext) -> ImageSet:
@@ -103,7 +114,7 @@ def no_training(cfg: DictConfig, ctx: SourceContext) -> None:
     return None
 
 
-AUX_SOURCES.register("synthetic_faults", Source(synthetic_faults, needs_hdmap=True))
+AUX_SOURCES.register("synthetic_faults", Source(synthetic_faults, needs_hdmap=True, tags=synthetic_fault_tags))
 AUX_SOURCES.register("hdmap_other_domains", Source(hdmap_other_domains, needs_hdmap=True))
 AUX_SOURCES.register("none", Source(no_training, needs_hdmap=False))
 AUX_SOURCES.register("mvtec", Source(benchmark_test_split, needs_hdmap=False))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from feclip.evaluation import metrics
 import scipy.fft
-from scipy.stats import rankdata
 
 from feclip.errors import FeclipError
 
@@ -95,10 +96,10 @@ def pooled_stats(images: np.ndarray) -> dict[str, float]:
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(positive score > negative score), ties counted half (Mann-Whitney U / (n·m))."""
-    ranks = rankdata(np.concatenate([positive, negative]))
-    n, m = len(positive), len(negative)
-    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * m))
+    """P(positive score > negative score), ties counted half: the project's one AUROC
+    (`feclip.evaluation.metrics.auroc`) of the two groups."""
+    scores = np.concatenate([positive, negative])
+    return metrics.auroc(scores, np.r_[np.ones(len(positive), int), np.zeros(len(negative), int)])
 
 
 def best_threshold_accuracy(values: np.ndarray, warm: np.ndarray) -> tuple[float, float]:

@@ -71,7 +71,7 @@ from feclip.data.faults import (
     segment_weights,
     standardize,
 )
-from feclip.data.hdmap import DOMAINS, FOLDERS
+from feclip.data.hdmap import COLD_WARM_SPLIT, DOMAINS, FOLDERS
 from feclip.errors import FeclipError
 
 HEIGHT, WIDTH = 31, 95
@@ -560,6 +560,12 @@ def generate_domain(
 
 
 # ---------------------------------------------------------------- files
+
+
+def cold_warm_split(root) -> int:
+    """The cold/warm split of the folder: half the synthetic test set when `root` holds one, else HDMAP's."""
+    marker = Path(root) / MARKER
+    return json.loads(marker.read_text())["n_test"] // 2 if marker.exists() else COLD_WARM_SPLIT
 
 
 def _marker(domains, n_train: int, n_test: int, seed: int, options: dict) -> dict:

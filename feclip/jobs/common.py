@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from feclip import tracking
+from feclip.data.sources import AUX_SOURCES
 from feclip.evaluation.metrics import MetricWarning
 from feclip.methods.registry import METHODS
 from feclip.tracking.local import (
@@ -88,6 +89,7 @@ def job_tags(cfg: DictConfig, job: tracking.JobInfo) -> dict[str, str]:
         "mode": cfg.mode,
         "feclip.random_init": str(random_init(cfg)).lower(),
         "feclip.config_hash": config_hash(cfg),
+        **AUX_SOURCES.get_entry(cfg.aux.source).tags(cfg),
         **{f"choice.{group}": str(option) for group, option in job.choices.items() if "/" not in group},
     }
 

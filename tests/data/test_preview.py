@@ -27,7 +27,7 @@ def test_fault_rows_come_from_the_sidecar(root, tmp_path):
 
 
 def test_grid_has_one_row_per_group_and_ticks_on_fault_panels(root):
-    data = load_domain(root, "C")
+    data = load_domain(root, "C", cold_warm_split=synthetic.cold_warm_split(root))
     fig = preview.preview_figure(data, "C", preview.fault_rows(root, "C"), per_row=3)
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == 5 * 3
@@ -38,6 +38,6 @@ def test_grid_has_one_row_per_group_and_ticks_on_fault_panels(root):
 
 
 def test_rows_pick_evenly_spaced_files_of_each_group(root):
-    meta = load_domain(root, "C").meta
+    meta = load_domain(root, "C", cold_warm_split=synthetic.cold_warm_split(root)).meta
     picks = preview.pick_rows(meta, per_row=2)
     assert [meta["file_index"].iloc[p].tolist() for p in picks] == [[0, 3], [0, 2], [3, 5], [0, 2], [3, 5]]

@@ -44,3 +44,10 @@ def test_no_source_trains_nothing(small_root):
 def test_every_source_composes_and_says_whether_it_reads_hdmap(name):
     cfg = compose(f"aux={name}")
     assert cfg.aux.source == name and isinstance(AUX_SOURCES[name].needs_hdmap, bool)
+
+
+def test_in_distribution_training_faults_are_labelled():
+    assert AUX_SOURCES["synthetic_faults"].tags(compose()) == {"feclip.training_faults": "training"}
+    tags = AUX_SOURCES["synthetic_faults"].tags(compose("aux.fault.family=test_like"))
+    assert tags["feclip.training_faults"] == "test_like" and tags["feclip.in_distribution"].startswith("true")
+    assert AUX_SOURCES["none"].tags(compose("aux=none")) == {}
