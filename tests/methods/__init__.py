@@ -1,0 +1,1 @@
+"""Tests of the rival methods (PatchCore, WinCLIP)."""
