@@ -31,7 +31,9 @@ HDMAP_METRICS = (
 ARTIFACTS = ("config.yaml", "scores.csv", "metrics.json", "figures", "checkpoint")
 
 
-def check_sweep(uri: str, experiment: str, n_children: int) -> None:
+def check_sweep(uri: str, experiment: str, n_children: int, rows: int = 2) -> list:
+    """One finished parent, `n_children` finished children with every metric and artifact; the report's
+    auroc table has `rows` variant rows with a cell for A and C. Returns the children."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
@@ -44,42 +46,41 @@ def check_sweep(uri: str, experiment: str, n_children: int) -> None:
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert child.data.tags["feclip.random_init"] == "true"
         assert set(HDMAP_METRICS) <= set(child.data.metrics), set(HDMAP_METRICS) - set(child.data.metrics)
-        assert "train_total" in child.data.metrics
+        assert ("train_total" in child.data.metrics) == (child.data.tags["method"] == "feclip")
         logged = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert set(ARTIFACTS) <= logged, set(ARTIFACTS) - logged
+        assert child.info.run_name.startswith(child.data.tags["domain"])
     table = variant_domain_table(collect_runs(uri, experiment), "auroc")
     body = table.loc[[r for r in table.index if not r.startswith("anchor")], ["A", "C"]]
-    assert body.shape == (2, 2) and (body != "–").all().all()
+    assert body.shape == (rows, 2) and (body != "–").all().all()
+    return children
 
 
-def test_sweep_two_domains_two_freqs_into_sqlite(tmp_path):
+def test_three_methods_on_two_domains_into_sqlite(tmp_path):
+    """`run.py -m method=feclip,patchcore,winclip domain=A,C`: 6 finished runs under one parent and the
+    report's method x domain table."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_cli(
-        [
-            "-m",
-            "domain=A,C",
-            "freq=dct,fft",
-            f"tracking.uri={uri}",
-            "tracking.experiment=e2e",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}",
-            *small_data(tmp_path),
-        ],
-        tmp_path,
-    )
-    check_sweep(uri, "e2e", 4)
-    job = next(
-        p.parent
-        for p in (tmp_path / "multirun").glob("*/config.yaml")
-        if "name: C" in p.read_text() and "transform: fft" in p.read_text()
-    )
-    record = json.loads((job / "metrics.json").read_text())
-    metrics = record["metrics"]
-    assert record["random_init"] is True and "not FE-CLIP" in record["note"]
-    assert 0.0 <= metrics["auroc"] <= 1.0 and "pixel_auroc" in metrics  # synthetic data has masks
-    assert (job / "figures" / "anomaly_maps.png").stat().st_size > 0
+    args = ["-m", "method=feclip,patchcore,winclip", "domain=A,C", f"tracking.uri={uri}"]
+    args += ["tracking.experiment=e2e", f"hydra.sweep.dir={tmp_path / 'multirun'}", *small_data(tmp_path)]
+    run_cli(args, tmp_path)
+    children = check_sweep(uri, "e2e", 6, rows=3)
+    assert sorted(c.info.run_name for c in children) == [
+        "A",
+        "A-patchcore",
+        "A-winclip",
+        "C",
+        "C-patchcore",
+        "C-winclip",
+    ]
+    table = variant_domain_table(collect_runs(uri, "e2e"), "auroc")
+    assert [r for r in table.index if not r.startswith("anchor")] == [
+        "feclip · default [feclip-tiny]",
+        "patchcore · default [tiny]",
+        "winclip · default [feclip-tiny]",
+    ]
 
 
-def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F811
+def test_two_domains_two_freqs_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F811
     run_cli(
         [
             "-m",
@@ -92,7 +93,18 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F
         ],
         tmp_path,
     )
-    check_sweep(mlflow_server.uri, "e2e_server", 4)
+    children = check_sweep(mlflow_server.uri, "e2e_server", 4)
+    assert sorted(c.info.run_name for c in children) == ["A", "A-fft", "C", "C-fft"]
+    job = next(
+        p.parent
+        for p in (tmp_path / "multirun").glob("*/config.yaml")
+        if "name: C" in p.read_text() and "transform: fft" in p.read_text()
+    )
+    record = json.loads((job / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert record["random_init"] is True and "not FE-CLIP" in record["note"]
+    assert 0.0 <= metrics["auroc"] <= 1.0 and "pixel_auroc" in metrics  # synthetic data has masks
+    assert (job / "figures" / "anomaly_maps.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ chunk costs chunk x R*gh*gw.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +87,41 @@ def horizontal_context(
     for width in widths:
         _positive_int("fewshot.context_k" if mode == "mean_k" else "fewshot.context_ks", width)
     return torch.cat([features, *(_row_context(features, int(w)) for w in widths)], dim=-1)
+
+
+def chunks(n: int, chunk_size: int) -> Iterator[slice]:
+    """Slices of 0..n-1, chunk_size at a time."""
+    return (slice(start, start + chunk_size) for start in range(0, n, chunk_size))
+
+
+def knn(
+    query: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """query (M, D), bank (K, D) -> Euclidean distance (M, k) ascending and bank index (M, k) long.
+
+    Neighbours are ranked on ||q||^2 - 2 q.b + ||b||^2 for `chunk_size` queries at a time (a (chunk, K)
+    matrix); the returned distances are recomputed exactly as ||q - b|| for the chosen pairs."""
+    if bank.ndim != 2 or bank.shape[0] == 0 or query.ndim != 2 or query.shape[1] != bank.shape[1]:
+        raise FewShotError(
+            f"kNN query {tuple(query.shape)} vs bank {tuple(bank.shape)}: expected (M, D) and (K >= 1, D)"
+        )
+    bank_sq = bank.pow(2).sum(1)
+    index = torch.cat(
+        [
+            (bank_sq - 2 * q @ bank.T).topk(k, dim=1, largest=False).indices  # ||q||^2 adds a row constant
+            for q in (query[part] for part in chunks(query.shape[0], chunk_size))
+        ]
+    )
+    distance = torch.linalg.vector_norm(query[:, None] - bank[index], dim=-1)
+    return distance, index
+
+
+def nearest(
+    query: torch.Tensor, bank: torch.Tensor, *, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """query (M, D), bank (K, D) -> distance to the nearest bank row (M,) and its index (M,) long."""
+    distance, index = knn(query, bank, 1, chunk_size=chunk_size)
+    return distance[:, 0], index[:, 0]
 
 
 @dataclass(frozen=True)
@@ -254,8 +289,8 @@ class ReferenceBank:
                 best, index = (chunk @ bank.T).max(dim=1)
                 distances.append(1 - best)
             else:
-                nearest, index = torch.cdist(chunk, bank).min(dim=1)
-                distances.append(nearest)
+                distance, index = nearest(chunk, bank, chunk_size=self.chunk_size)
+                distances.append(distance)
             indices.append(index)
         return torch.cat(distances), torch.cat(indices)
 

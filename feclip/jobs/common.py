@@ -84,7 +84,7 @@ def job_tags(cfg: DictConfig, job: tracking.JobInfo) -> dict[str, str]:
         "domain": cfg.domain.name if cfg.eval.protocol == "hdmap" else "-",
         "variant": job.variant,
         "seed": str(cfg.seed),
-        "backbone": cfg.backbone.name,
+        "backbone": METHODS.get_entry(cfg.method.name).config_backbone(cfg),
         "method": cfg.method.name,
         "mode": cfg.mode,
         "feclip.random_init": str(random_init(cfg)).lower(),

@@ -20,5 +20,5 @@ def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = 
     kind = job_for(cfg)
     output_dir = output_dir or Path(HydraConfig.get().runtime.output_dir)
     cfg = with_local_checkpoint(cfg, output_dir)
-    metrics = tracked_job(cfg, output_dir, job or JobInfo.from_hydra(), kind.body)
+    metrics = tracked_job(cfg, output_dir, job or JobInfo.from_hydra(cfg), kind.body)
     return metrics.get(kind.headline)

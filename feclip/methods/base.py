@@ -59,6 +59,11 @@ class Method(abc.ABC):
         """(h, w) of the model input."""
 
     @classmethod
+    def config_backbone(cls, cfg) -> str:
+        """The backbone the config gives this method (a run tag)."""
+        return cfg.backbone.name
+
+    @classmethod
     def config_random_init(cls, cfg) -> bool:
         """Whether the config gives this method random backbone weights (read before it is built)."""
         return cfg.backbone.pretrained is None

@@ -6,9 +6,13 @@ from omegaconf import DictConfig
 
 from feclip.methods.base import Method
 from feclip.methods.feclip.method import FEClipMethod
+from feclip.methods.patchcore.method import PatchCoreMethod
+from feclip.methods.winclip.method import WinClipMethod
 from feclip.registry import Registry
 
-METHODS: Registry[type[Method]] = Registry("method", key="method.name", entries={"feclip": FEClipMethod})
+METHODS: Registry[type[Method]] = Registry(
+    "method", key="method.name", entries={m.name: m for m in (FEClipMethod, PatchCoreMethod, WinClipMethod)}
+)
 
 
 def build_method(cfg: DictConfig) -> Method:

@@ -78,7 +78,7 @@ def _download_host(tag_cfg: dict) -> str:
     return urlparse(url).hostname or ""
 
 
-def _reachable(host: str, timeout_s: float = 5.0) -> bool:
+def reachable(host: str, timeout_s: float = 5.0) -> bool:
     try:
         socket.create_connection((host, 443), timeout=timeout_s).close()
     except OSError:
@@ -90,7 +90,7 @@ def _check_download_possible(model_name: str, tag: str, tag_cfg: dict) -> None:
     """Fail at once (not after the hub's retries) when uncached weights cannot be downloaded."""
     if hub_offline():
         reason = "the hub is offline (HF_HUB_OFFLINE=1)"
-    elif not _reachable(host := _download_host(tag_cfg)):
+    elif not reachable(host := _download_host(tag_cfg)):
         reason = f"{host or 'the download host'} cannot be reached (no network?)"
     else:
         return

@@ -7,7 +7,7 @@
 - `report`: variant x domain tables of tracked runs with the published anchors beside them.
 """
 
-from feclip.tracking.names import JobInfo, run_name_from_overrides, variant_from_overrides
+from feclip.tracking.names import JobInfo, name_parts, run_name, variant
 from feclip.tracking.sweep import PARENT_FILE, MlflowSweepCallback, end_sweep, parent_run_id_for_sweep
 from feclip.tracking.tracker import (
     NONFINITE_TAG,
@@ -36,8 +36,9 @@ __all__ = [
     "flatten_config",
     "parent_run_id_for_sweep",
     "resolve_tracking_uri",
-    "run_name_from_overrides",
+    "name_parts",
+    "run_name",
     "search_all_runs",
     "sqlite_path",
-    "variant_from_overrides",
+    "variant",
 ]

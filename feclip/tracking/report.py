@@ -161,7 +161,7 @@ def _run_row(run) -> dict:
         "run_name": run.info.run_name,
         "start_time": run.info.start_time,
         "domain": tags.get("domain") or params.get("domain.name"),
-        "variant": tags.get("variant") or run.info.run_name,
+        "variant": f"{tags.get('method', 'feclip')} · {tags.get('variant') or run.info.run_name}",
         "seed": tags.get("seed") or params.get("seed") or "",
         "backbone": tags.get("backbone") or params.get("backbone.name") or "unknown",
         "random_init": tags.get("feclip.random_init") == "true",

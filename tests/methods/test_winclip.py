@@ -1,9 +1,18 @@
 """WinCLIP on the tiny random-init ClipBackbone: windows, harmonic aggregation, embeddings vs naive code."""
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import compose, small_data
 
+from feclip.condition.banks import ReferenceBank
+from feclip.evaluation.predictor import load_predictor, predict_files
+from feclip.jobs.run import main
+from feclip.methods.winclip.method import WinClipMethod
 from feclip.methods.winclip.model import (
     TEMPERATURE,
     WinClip,
@@ -16,6 +25,8 @@ from feclip.methods.winclip.model import (
 )
 from feclip.model.backbone import ClipBackbone
 from feclip.model.prompts import text_features
+from feclip.runtime import Runtime
+from feclip.tracking import JobInfo
 
 SIZE = (64, 96)  # feclip-tiny (patch 16): a 4 x 6 grid
 GRID = (4, 6)
@@ -184,3 +195,36 @@ def test_bad_text_features_and_scales(backbone):
         WinClip(backbone, torch.randn(3, 32))
     with pytest.raises(WinClipError, match="scales"):
         WinClip(backbone, torch.randn(2, 32), scales=(0, 2))
+
+
+# ---------------------------------------------------------------- WinCLIP as a method of the harness
+
+
+def test_the_bank_path_equals_winclip_plus_visual_association():
+    """WinCLIP+ scored through the shared reference bank (cosine) equals the model's own few-shot map."""
+    torch.manual_seed(0)
+    method = WinClipMethod.from_config(compose("method=winclip"))
+    query, refs = torch.randn(3, 3, 64, 192), torch.randn(2, 3, 64, 192)
+    out = method.forward(query)
+    references = method.model.encode(refs)
+    bank = ReferenceBank({"mixed": [references.patches, *references.windows]})
+    terms = method.reference_terms(out, bank, "mixed", torch.arange(3))
+    expected = method.model.few_shot_map(method.model.associations(method.model.encode(query), references))
+    torch.testing.assert_close(terms["fewshot"], expected, atol=1e-5, rtol=1e-5)
+    score, pixel_map, _ = method.model(query, references)
+    ours_score, ours_map = method.with_references(out, terms)
+    torch.testing.assert_close(ours_score, score, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_map, pixel_map, atol=1e-5, rtol=1e-5)
+
+
+def test_a_saved_winclip_plus_predicts_what_its_run_scored(tmp_path):
+    cfg = compose(
+        "method=winclip", "fewshot=k1", *small_data(tmp_path), "tracking.enabled=false", "eval.figures=false"
+    )
+    main(cfg, tmp_path / "out", JobInfo("wc", "wc"))
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    predictor = load_predictor(tmp_path / "out" / "checkpoint", torch.device("cpu"))
+    table = predict_files(
+        predictor, [Path(p) for p in scores["path"]], Runtime(torch.device("cpu")), operating_point="p99"
+    )
+    np.testing.assert_allclose(table["score"], scores["score"], rtol=1e-5, atol=1e-6)

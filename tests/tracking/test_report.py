@@ -82,14 +82,14 @@ def store(tmp_path_factory):
 def test_collect_runs_keeps_finished_job_runs_newest_rerun(store):
     runs = report.collect_runs(store["uri"], "rep")
     assert len(runs) == 6 and runs.attrs["superseded"] == 1
-    assert set(runs["variant"]) == {"dct", "fft"}
-    assert runs.loc[runs["variant"] == "fft", "auroc"].tolist() == [0.5]  # the newer rerun
+    assert set(runs["variant"]) == {"feclip · dct", "feclip · fft"}
+    assert runs.loc[runs["variant"] == "feclip · fft", "auroc"].tolist() == [0.5]  # the newer rerun
     assert runs["random_init"].all() and {"auroc", "acc_oracle", "acc_val"} <= set(runs.columns)
 
 
 def test_collect_runs_of_one_parent(store):
     runs = report.collect_runs(store["uri"], "rep_pretrained", parent_run_id=store["parent"])
-    assert runs["variant"].tolist() == ["dct"]
+    assert runs["variant"].tolist() == ["feclip · dct"]
 
 
 def test_collect_runs_errors(store, tmp_path):
@@ -102,8 +102,8 @@ def test_collect_runs_errors(store, tmp_path):
 
 def test_auroc_table_cells_mean_and_anchors(store):
     table = report.variant_domain_table(report.collect_runs(store["uri"], "rep"), "auroc")
-    assert table.loc["dct"].tolist() == ["91.0 ± 1.4 (n=2)", "80.0", "70.0", "61.0", "75.5"]
-    assert table.loc["fft"].tolist() == ["–", "–", "50.0", "–", "50.0 (C only)"]
+    assert table.loc["feclip · dct"].tolist() == ["91.0 ± 1.4 (n=2)", "80.0", "70.0", "61.0", "75.5"]
+    assert table.loc["feclip · fft"].tolist() == ["–", "–", "50.0", "–", "50.0 (C only)"]
     assert table.loc[WINCLIP_ROW].tolist() == ["81.93", "81.32", "73.05", "80.86", "79.29"]
     assert table.loc[PATCHCORE_ROW].tolist() == ["99.85", "99.82", "98.21", "99.77", "99.41"]  # mean computed
     assert table.loc[CPD_ROW, "C"] == "99.67"
@@ -118,7 +118,10 @@ def test_anchors_only_under_their_metric(store):
     assert oracle.loc[CPD_ROW].tolist() == ["99.70", "99.80", "97.68", "99.90", "99.27"]
     assert WINCLIP_ROW not in oracle.index
     deployable = report.variant_domain_table(runs, "acc_val")
-    assert list(deployable.index) == ["dct", "fft"]  # no published number uses a deployable threshold
+    assert list(deployable.index) == [
+        "feclip · dct",
+        "feclip · fft",
+    ]  # no published number uses a deployable threshold
     with pytest.raises(ReportError, match="metric 'f1_max' was logged by none of the 6 runs"):
         report.variant_domain_table(runs, "f1_max")
 
@@ -146,11 +149,14 @@ def test_write_report_markdown_csv_and_random_init_warning(store, tmp_path):
     text = path.read_text()
     assert "**Warning: 6 of 6 runs used a random-init backbone" in text and "not FE-CLIP.**" in text
     assert "Backbone: tiny (6 runs)" in text and "1 older reruns left out" in text
-    assert "## auroc (x100)\n" in text and "| dct | 91.0 ± 1.4 (n=2) | 80.0 | 70.0 | 61.0 | 75.5 |" in text
+    assert (
+        "## auroc (x100)\n" in text
+        and "| feclip · dct | 91.0 ± 1.4 (n=2) | 80.0 | 70.0 | 61.0 | 75.5 |" in text
+    )
     assert "## acc_oracle (x100), ORACLE threshold: chosen on the test labels" in text
     assert f"- `{PATCHCORE_ROW}`: §2.7" in text and "compare with acc_oracle" in text
     csv = pd.read_csv(tmp_path / "out" / "auroc.csv", index_col=0, dtype=str, keep_default_na=False)
-    assert csv.loc["dct"].tolist() == tables["auroc"].loc["dct"].tolist()
+    assert csv.loc["feclip · dct"].tolist() == tables["auroc"].loc["feclip · dct"].tolist()
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 6
 
 

@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import CONF
+from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 from mlflow_server import free_port, mlflow_server  # noqa: F401 (fixture)
 from omegaconf import OmegaConf
@@ -285,7 +287,7 @@ from feclip.tracking import JobInfo, Tracker, resolve_tracking_uri
 
 @hydra.main(version_base="1.3", config_path=".", config_name="config")
 def main(cfg):
-    job = JobInfo.from_hydra()
+    job = JobInfo.from_hydra(cfg)
     with Tracker(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, job.run_name,
                  {"variant": job.variant}, parent_run_id=job.parent_run_id):
         if cfg.lam == 0.5:
@@ -318,10 +320,10 @@ def test_real_hydra_multirun_nests_jobs_and_fails_parent_on_abort(tmp_path):
     parent_id = json.loads(record.read_text())["run_id"]
     children = _children(uri, parent_id)
     assert {name: run.info.status for name, run in children.items()} == {
-        "lam=0.1": "FINISHED",
-        "lam=0.5": "FAILED",
+        "C": "FINISHED",
+        "C-lam=0.5": "FAILED",
     }
-    assert children["lam=0.1"].data.tags["variant"] == "lam=0.1"
+    assert children["C-lam=0.5"].data.tags["variant"] == "lam=0.5"
     parent = _run(uri, parent_id)
     assert parent.info.status == "FAILED" and "without on_multirun_end" in parent.data.tags["failure_reason"]
 
@@ -332,48 +334,68 @@ def test_real_hydra_multirun_nests_jobs_and_fails_parent_on_abort(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "name", "variant"),
     [
-        (["domain=C", "freq=dct", "gating=none"], "C-dct-none", "dct-none"),
-        (["gating=none", "freq=dct", "domain=C"], "C-dct-none", "dct-none"),
-        ([], "default", "default"),
+        ([], "C", "default"),
+        (["freq=fft", "domain=A"], "A-fft", "fft"),
+        (["model.lam=0.3", "seed=2", "freq=horizontal"], "C-horizontal-lam=0.3-seed=2", "horizontal-lam=0.3"),
+        (["freq.lfs.window=[1,5]"], "C-window=1,5", "window=1,5"),
         (
-            ["seed=2", "model.lam=0.5", "domain=A", "tracking.uri=x", "hydra/launcher=joblib"],
-            "A-lam=0.5-seed=2",
-            "lam=0.5",
+            ["method=patchcore", "method.coreset_ratio=0.01"],
+            "C-patchcore-coreset_ratio=0.01",
+            "coreset_ratio=0.01",
         ),
-        (["data.root=/data/hdmap/", "+fewshot=k4"], "root=hdmap-k4", "root=hdmap-k4"),
+        (
+            ["aux.max_normals=300", "train.epochs=2", "device=cpu", "tracking.experiment=x", "data.root=/d"],
+            "C",
+            "default",
+        ),
     ],
 )
-def test_run_name_and_variant_from_overrides(overrides, name, variant):
-    assert tracking.run_name_from_overrides(overrides) == name
-    assert tracking.variant_from_overrides(overrides) == variant
+def test_names_come_from_the_resolved_config(overrides, name, variant):
+    job = job_info(*overrides)
+    assert (job.run_name, job.variant) == (name, variant)
+
+
+def test_identical_configs_get_identical_names_however_typed():
+    assert job_info("freq=dct").run_name == job_info().run_name == "C"
+    preset = job_info("experiment=hdmap_horizontal")
+    typed = job_info("freq=horizontal", "fewshot=cpd")
+    assert preset.run_name == typed.run_name == "C-cpd-horizontal" and preset.variant == typed.variant
 
 
 def test_long_run_names_are_shortened_stably():
-    overrides = [f"model.option_{i}=value_{i}" for i in range(20)]
-    name = tracking.run_name_from_overrides(overrides)
-    assert len(name) == 80 and name == tracking.run_name_from_overrides(list(reversed(overrides)))
+    parts = {
+        "domain": "A",
+        "choices": [],
+        "values": [f"option_{i}=value_{i}" for i in range(20)],
+        "seed": None,
+    }
+    name = tracking.run_name({**parts, "method": None})
+    assert len(name) == 80 and name == tracking.run_name({**parts, "method": None})
 
 
-def test_job_info_from_hydra_node(tmp_path):
+def test_job_info_finds_the_parent_of_a_sweep(tmp_path):
     sweep_dir = tmp_path / "multirun/d/t"
     sweep_dir.mkdir(parents=True)
     (sweep_dir / "mlflow_parent.json").write_text(json.dumps({"run_id": "abc"}))
-    hydra_node = OmegaConf.create(
-        {
-            "mode": "MULTIRUN",
-            "sweep": {"dir": "multirun/d/t"},
-            "runtime": {
-                "cwd": str(tmp_path),
-                "choices": {"domain": "B", "freq": "fft", "hydra/launcher": "basic"},
-            },
-            "overrides": {"task": ["freq=fft"]},
-        }
-    )
-    job = JobInfo.from_hydra(hydra_node)
-    assert (job.run_name, job.variant, job.parent_run_id) == ("B-fft", "fft", "abc")
-    assert job.choices["freq"] == "fft"
-    hydra_node.mode = "RUN"
-    assert JobInfo.from_hydra(hydra_node).parent_run_id is None
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["domain=B", "freq=fft"], return_hydra_config=True)
+        cfg.hydra.mode, cfg.hydra.sweep.dir, cfg.hydra.runtime.cwd = "MULTIRUN", "multirun/d/t", str(tmp_path)
+        job = JobInfo.from_hydra(cfg, cfg.hydra)
+        assert (job.run_name, job.variant, job.parent_run_id, job.sweep_dir) == (
+            "B-fft",
+            "fft",
+            "abc",
+            str(sweep_dir),
+        )
+        cfg.hydra.mode = "RUN"
+        assert JobInfo.from_hydra(cfg, cfg.hydra).parent_run_id is None
+
+
+def job_info(*overrides: str) -> JobInfo:
+    """The JobInfo of a job composed from `overrides` (as run.py would name it)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        return JobInfo.from_hydra(cfg, cfg.hydra)
 
 
 # --------------------------------------------------------------------------------------- real server

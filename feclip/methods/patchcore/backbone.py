@@ -29,7 +29,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from feclip.errors import FeclipError
-from feclip.model.backbone import _reachable, hub_offline
+from feclip.model.backbone import hub_offline, reachable
+from feclip.registry import Registry
 
 LOCAL_FILE_HINT = "pretrained=/path/to/model.safetensors (timm pretrained_cfg_overlay=dict(file=...))"
 
@@ -45,24 +46,28 @@ class Preset:
     has_weights: bool = True  # timm publishes weights for `model` (random-init stand-ins: False)
 
 
-PRESETS: dict[str, Preset] = {
-    # the user's exp-23 backbone (DINOv2 ViT-S/14, 518 x 518 -> 37 x 37 grid)
-    "dinov2_vits14": Preset("vit_small_patch14_dinov2.lvd142m", ("blocks.8",), vit=True),
-    "dinov2_vitb14": Preset("vit_base_patch14_dinov2.lvd142m", ("blocks.8",), vit=True),
-    # the paper's backbone: torchvision ImageNet weights, layers 2 + 3
-    "wide_resnet50_2": Preset("wide_resnet50_2.tv_in1k", ("layer2", "layer3"), vit=False),
-    # random-init stand-ins for tests and CPU runs
-    "tiny": Preset(
-        "vit_small_patch14_dinov2",
-        ("blocks.2",),
-        vit=True,
-        options={"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 16, "img_size": 224},
-        has_weights=False,
-    ),
-    "tiny_resnet": Preset(
-        "resnet18", ("layer2", "layer3"), vit=False, options={"layers": (1, 1, 1, 1)}, has_weights=False
-    ),
-}
+PRESETS: Registry[Preset] = Registry(
+    "PatchCore feature backbone",
+    key="method.backbone",
+    entries={
+        # the user's exp-23 backbone (DINOv2 ViT-S/14, 518 x 518 -> 37 x 37 grid)
+        "dinov2_vits14": Preset("vit_small_patch14_dinov2.lvd142m", ("blocks.8",), vit=True),
+        "dinov2_vitb14": Preset("vit_base_patch14_dinov2.lvd142m", ("blocks.8",), vit=True),
+        # the paper's backbone: torchvision ImageNet weights, layers 2 + 3
+        "wide_resnet50_2": Preset("wide_resnet50_2.tv_in1k", ("layer2", "layer3"), vit=False),
+        # random-init stand-ins for tests and CPU runs
+        "tiny": Preset(
+            "vit_small_patch14_dinov2",
+            ("blocks.2",),
+            vit=True,
+            options={"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 16, "img_size": 224},
+            has_weights=False,
+        ),
+        "tiny_resnet": Preset(
+            "resnet18", ("layer2", "layer3"), vit=False, options={"layers": (1, 1, 1, 1)}, has_weights=False
+        ),
+    },
+)
 
 
 class TimmFeaturesError(FeclipError):
@@ -86,7 +91,7 @@ def _check_download_possible(preset: str, cfg) -> None:
 
     if hub_offline():
         reason = "the hub is offline (HF_HUB_OFFLINE=1)"
-    elif not _reachable(host := urlparse(constants.ENDPOINT if cfg.hf_hub_id else cfg.url).hostname or ""):
+    elif not reachable(host := urlparse(constants.ENDPOINT if cfg.hf_hub_id else cfg.url).hostname or ""):
         reason = f"{host or 'the download host'} cannot be reached (no network?)"
     else:
         return
@@ -160,9 +165,7 @@ class TimmFeatures(nn.Module):
         the block outputs (anomalib's current default); off = raw block outputs, as timm's features_only
         (the user's runs). `model_kwargs`: extra `timm.create_model` options (override the preset's)."""
         super().__init__()
-        if preset not in PRESETS:
-            raise TimmFeaturesError(f"feature backbone {preset!r}: expected one of {', '.join(PRESETS)}")
-        spec = PRESETS[preset]
+        spec = PRESETS.get_entry(preset)
         options = dict(spec.options)
         if spec.vit:
             options["dynamic_img_size"] = True

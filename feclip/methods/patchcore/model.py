@@ -20,12 +20,11 @@ The pure functions take an external bank, so per-condition banks reuse them: `sc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feclip.condition.banks import chunks, knn, nearest
 from feclip.errors import FeclipError
 from feclip.methods.patchcore.backbone import TimmFeatures, concat_blocks
 from feclip.methods.patchcore.coreset import greedy_coreset
@@ -38,40 +37,6 @@ class PatchCoreError(FeclipError):
 def local_aggregate(maps: torch.Tensor, size: int = 3) -> torch.Tensor:
     """maps: (B, C, h, w) -> (B, C, h, w): mean over size x size neighbourhoods, zeros outside counted."""
     return F.avg_pool2d(maps, size, stride=1, padding=size // 2, count_include_pad=True)
-
-
-def _chunks(n: int, chunk_size: int) -> Iterator[slice]:
-    return (slice(start, start + chunk_size) for start in range(0, n, chunk_size))
-
-
-def knn(
-    query: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size: int = 1024
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """query (M, D), bank (K, D) -> Euclidean distance (M, k) ascending and bank index (M, k) long.
-
-    Neighbours are ranked on ||q||^2 - 2 q.b + ||b||^2 for `chunk_size` queries at a time (a (chunk, K)
-    matrix); the returned distances are recomputed exactly as ||q - b|| for the chosen pairs."""
-    if bank.ndim != 2 or bank.shape[0] == 0 or query.ndim != 2 or query.shape[1] != bank.shape[1]:
-        raise PatchCoreError(
-            f"kNN query {tuple(query.shape)} vs bank {tuple(bank.shape)}: expected (M, D) and (K >= 1, D)"
-        )
-    bank_sq = bank.pow(2).sum(1)
-    index = torch.cat(
-        [
-            (bank_sq - 2 * q @ bank.T).topk(k, dim=1, largest=False).indices  # ||q||^2 adds a row constant
-            for q in (query[part] for part in _chunks(query.shape[0], chunk_size))
-        ]
-    )
-    distance = torch.linalg.vector_norm(query[:, None] - bank[index], dim=-1)
-    return distance, index
-
-
-def nearest(
-    query: torch.Tensor, bank: torch.Tensor, *, chunk_size: int = 1024
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """query (M, D), bank (K, D) -> distance to the nearest bank row (M,) and its index (M,) long."""
-    distance, index = knn(query, bank, 1, chunk_size=chunk_size)
-    return distance[:, 0], index[:, 0]
 
 
 def reweighted_image_score(
@@ -188,9 +153,7 @@ class PatchCore(nn.Module):
         """Bank from train normals images (N, 3, H, W), run through the backbone `batch_size` at a time
         (each batch moved to the bank's device, so `images` may stay on the CPU)."""
         device = self.memory_bank.device
-        parts = [
-            self.patch_features(images[part].to(device)) for part in _chunks(images.shape[0], batch_size)
-        ]
+        parts = [self.patch_features(images[part].to(device)) for part in chunks(images.shape[0], batch_size)]
         self.fit_features(torch.cat(parts).flatten(0, 2))
 
     @torch.no_grad()
