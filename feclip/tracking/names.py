@@ -139,7 +139,7 @@ class JobInfo:
         hc = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
         choices = {str(k): str(v) for k, v in hc.runtime.choices.items()}
         base, default_choices = _compose_base(choices)
-        job_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # (a composed cfg has it)
+        job_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # composed with hydra
         parts = name_parts(OmegaConf.to_container(job_cfg, resolve=True), base, choices, default_choices)
         parent, sweep_dir = None, None
         if str(hc.mode).endswith("MULTIRUN"):
