@@ -7,6 +7,7 @@ of known keys with a one-line `ConfigError` naming the key, the value and what i
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -157,3 +158,40 @@ def _numbers(values: Any) -> bool:
     return isinstance(values, (list, ListConfig)) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
     )
+
+
+# Keys that name files or folders. A relative value means the launch directory (where `python run.py` was
+# typed), also when `hydra.job.chdir=true` moves the job into its output folder.
+PATH_KEYS = (
+    "data.root",
+    "cache_dir",
+    "aux.root",
+    "eval.datasets.*.root",
+    "model.checkpoint",
+    "predict.input",
+    "predict.out",
+    "backbone.pretrained",
+)
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
+
+
+def _is_relative_path(key: str, value: Any) -> bool:
+    if not isinstance(value, str) or not value or "://" in value or value.startswith("runs:/"):
+        return False
+    if key == "backbone.pretrained" and not value.endswith(WEIGHT_SUFFIXES):
+        return False  # an open_clip tag (openai, laion2b_s34b_b88k), not a file
+    return not Path(value).expanduser().is_absolute()
+
+
+def absolute_paths(cfg: DictConfig, base_dir: Path) -> DictConfig:
+    """`cfg` with every relative `PATH_KEYS` value made absolute against `base_dir` (a glob stays a glob)."""
+    resolved = cfg.copy()
+    for pattern in PATH_KEYS:
+        head, _, tail = pattern.partition(".*.")
+        nodes = OmegaConf.select(resolved, head, default=None) if tail else None
+        keys = [f"{head}.{i}.{tail}" for i in range(len(nodes))] if tail and nodes else [pattern]
+        for key in keys:
+            value = OmegaConf.select(resolved, key, default=None)
+            if _is_relative_path(key, value):
+                OmegaConf.update(resolved, key, str(Path(base_dir) / Path(value).expanduser()), merge=False)
+    return resolved

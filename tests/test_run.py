@@ -41,6 +41,7 @@ def check_sweep(uri: str, experiment: str, n_children: int, rows: int = 2) -> li
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == n_children
+    check_parent_study(client, parents[0], rows)
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -54,6 +55,39 @@ def check_sweep(uri: str, experiment: str, n_children: int, rows: int = 2) -> li
     body = table.loc[[r for r in table.index if not r.startswith("anchor")], ["A", "C"]]
     assert body.shape == (rows, 2) and (body != "–").all().all()
     return children
+
+
+def check_parent_study(client, parent, rows: int) -> None:
+    """The parent carries the study: report tables (md + csv), multirun.yaml, per-variant means, commit."""
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report", "multirun.yaml"} <= logged, logged
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/auroc.csv", "report/runs.csv"} <= report, report
+    means = [k for k in parent.data.metrics if k.startswith("auroc_mean/")]
+    assert len(means) == rows, parent.data.metrics
+    assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
+
+
+def test_job_with_chdir_uses_launch_paths_and_the_store_artifact_root(tmp_path):
+    """`hydra.job.chdir=true` with relative paths: data, cache and store stay in the launch folder, the
+    artifacts land beside the sqlite store, the run has its dataset, system metrics and a closing block."""
+    args = ["hydra.job.chdir=true", "tracking.uri=sqlite:///store/mlflow.db", "tracking.experiment=chdir"]
+    args += ["data.root=hdmap", "cache_dir=cache", "hydra.run.dir=job", "tracking.system_metrics_s=0.5"]
+    args += [a for a in small_data(tmp_path) if not a.startswith(("data.root", "cache_dir"))]
+    result = run_cli(args, tmp_path)
+    assert (tmp_path / "hdmap" / "domain_C").is_dir() and not (tmp_path / "job" / "hdmap").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("chdir").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts").as_uri())
+    assert {"metrics.json", "scores.csv", "checkpoint"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "synthetic_hdmap_C" and str(tmp_path / "hdmap") in dataset.source
+    assert any(key.startswith("system/") for key in run.data.metrics), run.data.metrics
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in result.stdout
+    assert f"folder: {tmp_path / 'job'}" in result.stdout and "auroc " in result.stdout
 
 
 def test_three_methods_on_two_domains_into_sqlite(tmp_path):

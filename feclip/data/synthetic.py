@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
+from tqdm.auto import tqdm
 from scipy.stats import beta as beta_distribution
 from scipy.stats import poisson
 
@@ -602,7 +603,7 @@ def generate(
     marker = _marker(domains, n_train, n_test, seed, options)
     _clear(out)
     metas = []
-    for domain in marker["domains"]:
+    for domain in tqdm(marker["domains"], desc=f"synthetic HDMAP -> {out}", unit="domain"):
         data = generate_domain(domain, n_train, n_test, seed, **options)
         for folder in (*N_TEST_FOLDERS, "train/good"):
             (out / f"domain_{domain}" / folder).mkdir(parents=True, exist_ok=True)

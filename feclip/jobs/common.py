@@ -106,8 +106,11 @@ def config_hash(cfg: DictConfig) -> str:
 class JobRecord:
     """What a job body records: written to the job folder as soon as it exists, mirrored to MLflow."""
 
-    def __init__(self, folder: Path, tracker: tracking.Tracker, *, random_init: bool, notes: list[str]):
+    def __init__(
+        self, folder: Path, tracker: tracking.Tracker, *, random_init: bool, notes: list[str], title: str = ""
+    ):
         self.folder, self.tracker, self.random_init, self.notes = folder, tracker, random_init, notes
+        self.title = title  # figure titles: domain · method · variant [· random-init]
         self.metrics: dict[str, float] = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -131,6 +134,24 @@ class JobRecord:
 
     def log_artifacts(self, directory: Path) -> None:
         self.tracker.log_artifacts(directory)
+
+    def log_input(self, name: str, digest: str, source: str, *, context: str, profile: dict) -> None:
+        """The dataset the job used, in run.json and as an MLflow dataset input."""
+        inputs = read_json(self.folder / RUN_FILE).get("inputs", [])
+        entry = {
+            "name": name,
+            "digest": digest,
+            "source": str(source),
+            "context": context,
+            "profile": profile,
+        }
+        update_run(self.folder, inputs=[*inputs, entry])
+        self.tracker.log_input(name, digest, source, context=context, profile=profile)
+
+    def log_images(self, paths: list[Path]) -> None:
+        """Figures as MLflow images keyed by file stem (compared side by side across runs)."""
+        for path in paths:
+            self.tracker.log_image(path, key=Path(path).stem)
 
 
 def epoch_logger(record: JobRecord) -> Callable[[int, dict[str, float]], None]:
@@ -171,7 +192,30 @@ def finished_run(cfg: DictConfig, uri: str, digest: str):
     return runs[0] if runs else None
 
 
-def tracked_job(cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: Body) -> dict[str, float]:
+def closing_block(record: dict, metrics: dict[str, float], *, key_metrics: tuple[str, ...], tracker) -> str:
+    """The lines a job ends with: status and name, its key metrics, its folder, its MLflow run."""
+    seconds = record.get("ended", time.time()) - record.get("started", time.time())
+    lines = [f"feclip job {record['run_name']}: {record['status']} in {seconds:.0f} s"]
+    shown = [f"{name} {metrics[name]:.4f}" for name in key_metrics if name in metrics]
+    if shown:
+        flag = (
+            " (random-init backbone: tests the pipeline)"
+            if record.get("tags", {}).get("feclip.random_init") == "true"
+            else ""
+        )
+        lines.append("  " + "  ".join(shown) + flag)
+    lines.append(f"  folder: {record['job_folder']}")
+    if tracker.run_id and tracker.lost is None:
+        lines.append(f"  run:    {tracking.run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}")
+        command = tracking.ui_command(tracker.uri)
+        if command:
+            lines.append(f"  (serve the UI first: {command})")
+    return "\n".join(lines)
+
+
+def tracked_job(
+    cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: Body, *, key_metrics: tuple[str, ...] = ()
+) -> dict[str, float]:
     """Run `body(cfg, output_dir, record) -> metrics` inside one MLflow run, files first (`JobRecord`).
 
     Nothing the job computed is lost to tracking: a lost store only stops the mirroring (the closing line
@@ -185,6 +229,7 @@ def tracked_job(cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: 
     tags = job_tags(cfg, job)
     identity = {
         "job_id": uuid.uuid4().hex,
+        "job_folder": str(output_dir),
         "run_name": job.run_name,
         "experiment": cfg.tracking.experiment,
         "tracking_uri": uri,
@@ -201,7 +246,13 @@ def tracked_job(cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: 
             )
             print(f"feclip: skipped {job.run_name}: run {done.info.run_id} with the same config has finished")
             return dict(done.data.metrics)
-    update_run(output_dir, **identity, tags={**tags, "feclip.job_id": identity["job_id"]}, status="RUNNING")
+    update_run(
+        output_dir,
+        **identity,
+        tags={**tags, "feclip.job_id": identity["job_id"]},
+        status="RUNNING",
+        started=time.time(),
+    )
     tracker = tracking.Tracker(
         uri,
         cfg.tracking.experiment,
@@ -211,13 +262,18 @@ def tracked_job(cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: 
         enabled=cfg.tracking.enabled,
         budget_s=cfg.tracking.budget_s,
         timeout_s=cfg.tracking.timeout_s,
+        system_metrics_s=cfg.tracking.system_metrics_s,
     )
-    error = None
+    error, metrics, record = None, {}, None
     try:
         with signals_as_exceptions(), metric_warnings() as notes, tracker:
             update_run(output_dir, run_id=tracker.run_id)
             tracker.log_params(tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
-            record = JobRecord(output_dir, tracker, random_init=random_init(cfg), notes=notes)
+            flag = random_init(cfg)
+            title = " · ".join(
+                [tags["domain"], tags["method"], job.variant, *(["random-init"] if flag else [])]
+            )
+            record = JobRecord(output_dir, tracker, random_init=flag, notes=notes, title=title)
             try:
                 metrics = body(cfg, output_dir, record)
                 record.log_metrics(metrics)
@@ -227,13 +283,18 @@ def tracked_job(cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: 
         error = caught
         raise
     finally:
-        update_run(
+        ended = update_run(
             output_dir,
             status=end_status(error),
             reason=None if error is None else failure_reason(error),
             synced=cfg.tracking.enabled and tracker.lost is None,
             lost=tracker.lost,
             ended=time.time(),
+        )
+        print(
+            closing_block(
+                ended, metrics or (record.metrics if record else {}), key_metrics=key_metrics, tracker=tracker
+            )
         )
         if tracker.lost:
             print(

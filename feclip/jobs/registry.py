@@ -18,19 +18,25 @@ from feclip.registry import Registry
 class Job:
     body: Body
     headline: str  # the metric `run.main` returns (a Hydra sweeper may optimise it)
+    key_metrics: tuple[str, ...] = ()  # shown in the job's closing block (the headline first)
 
 
 PROTOCOLS: Registry[Job] = Registry(
     "evaluation protocol",
     key="eval.protocol",
-    entries={"hdmap": Job(hdmap_job, "auroc"), "benchmark": Job(benchmark_job, "image_auroc")},
+    entries={
+        "hdmap": Job(
+            hdmap_job, "auroc", ("auroc_cold", "auroc_warm", "auroc_cross", "acc_val", "pixel_auroc")
+        ),
+        "benchmark": Job(benchmark_job, "image_auroc", ("image_ap", "pixel_auroc", "pro")),
+    },
 )
 MODES: Registry[Callable[[DictConfig], Job]] = Registry(
     "job mode",
     key="mode",
     entries={
         "train_eval": lambda cfg: PROTOCOLS.get_entry(cfg.eval.protocol),
-        "predict": lambda cfg: Job(predict_job, "n_flagged"),
+        "predict": lambda cfg: Job(predict_job, "n_flagged", ("n_images",)),
     },
 )
 

@@ -1,4 +1,5 @@
-"""One job: validate the config, then run the job `mode` / `eval.protocol` ask for in one tracked run."""
+"""One job: validate the config, make its paths absolute, then run the job `mode` / `eval.protocol` ask
+for in one tracked run."""
 
 from __future__ import annotations
 
@@ -14,11 +15,18 @@ from feclip.tracking import JobInfo
 from feclip.tracking.artifacts import with_local_checkpoint
 
 
+def launch_dir() -> Path:
+    """Where `python run.py` was typed (Hydra's runtime.cwd, whatever `hydra.job.chdir`), else the cwd."""
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
 def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = None) -> float | None:
-    """Validate, run, return the job's headline metric (None when it has none)."""
+    """Validate, run, return the job's headline metric (None when it has none). Relative paths in the
+    config mean the launch directory, so a job runs the same from its own folder (`hydra.job.chdir=true`)."""
     config.validate(cfg)
     kind = job_for(cfg)
-    output_dir = output_dir or Path(HydraConfig.get().runtime.output_dir)
-    cfg = with_local_checkpoint(cfg, output_dir)
-    metrics = tracked_job(cfg, output_dir, job or JobInfo.from_hydra(cfg), kind.body)
+    output_dir = (output_dir or Path(HydraConfig.get().runtime.output_dir)).resolve()
+    job = job or JobInfo.from_hydra(cfg)
+    cfg = with_local_checkpoint(config.absolute_paths(cfg, launch_dir()), output_dir)
+    metrics = tracked_job(cfg, output_dir, job, kind.body, key_metrics=(kind.headline, *kind.key_metrics))
     return metrics.get(kind.headline)

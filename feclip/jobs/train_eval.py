@@ -82,6 +82,7 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     root = hdmap_root(cfg)
     split, allow_integer = cold_warm_split(cfg), cfg.data.allow_integer
     data = load_domain(root, cfg.domain.name, cold_warm_split=split, allow_integer=allow_integer)
+    log_dataset(cfg, record, data, root)
     method = build_method(cfg).to(rt.device)
     record.set_tags(method.tags())
     to_input = hdmap_input(cfg, method)
@@ -89,7 +90,7 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
     )
     test = data.subset((data.meta["split"] == "test").to_numpy())
-    history = fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, record=record)
+    fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, record=record)
     refs = aware.build(cfg, method, fit, test, to_input, rt)
     native = tuple(data.images.shape[-2:])
 
@@ -119,15 +120,27 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     save_model(cfg, output_dir / "checkpoint", method, to_input, val=val, val_pred=val_pred, refs=refs)
     if cfg.eval.figures:
         caption = RANDOM_INIT_NOTE if method.random_init else ""
-        write_figures(
+        figures = write_figures(
             output_dir / "figures",
             scored,
             metrics,
-            history,
+            title=record.title,
             caption=caption,
             n_examples=cfg.eval.n_map_examples,
         )
+        record.log_images(figures)
     return metrics
+
+
+def log_dataset(cfg: DictConfig, record: JobRecord, data: HDMAPData, root: Path) -> None:
+    """The domain's dataset as the run's input: name, content digest, folder, image counts."""
+    kind = "synthetic_hdmap" if cfg.data.synthetic is not None else "hdmap"
+    counts = data.meta.groupby(["split", "label"]).size()
+    profile = {f"{split}_{'fault' if label else 'good'}": int(n) for (split, label), n in counts.items()}
+    folder = Path(root) / f"domain_{cfg.domain.name}"
+    record.log_input(
+        f"{kind}_{cfg.domain.name}", data_hash(data), str(folder), context="train+test", profile=profile
+    )
 
 
 def write_scores_info(path: Path, cfg: DictConfig, method: Method) -> None:

@@ -18,7 +18,15 @@ from feclip.tracking.tracker import (
     flatten_config,
     search_all_runs,
 )
-from feclip.tracking.uris import ENV_URI, TrackingError, check_tracking_uri, resolve_tracking_uri, sqlite_path
+from feclip.tracking.uris import (
+    ENV_URI,
+    TrackingError,
+    check_tracking_uri,
+    resolve_tracking_uri,
+    run_url,
+    sqlite_path,
+    ui_command,
+)
 
 __all__ = [
     "ENV_URI",
@@ -36,6 +44,8 @@ __all__ = [
     "flatten_config",
     "parent_run_id_for_sweep",
     "resolve_tracking_uri",
+    "run_url",
+    "ui_command",
     "name_parts",
     "run_name",
     "search_all_runs",

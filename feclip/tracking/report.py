@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from feclip import tracking
 from feclip.data.hdmap import DOMAINS
 from feclip.errors import FeclipError
+from feclip.tracking.local import METRICS_FILE, RUN_FILE, job_folders, read_json
+from feclip.tracking.tracker import PARENT_TAG, client_for, experiment_id, search_all_runs
+from feclip.tracking.uris import check_tracking_uri, sqlite_path
 
 PERCENT_PREFIXES = ("auroc", "ap", "acc", "f1", "tpr", "gate_acc", "pro", "pixel_auroc")
 RUN_COLUMNS = (
@@ -138,14 +140,14 @@ def anchors_for(metric: str) -> list[Anchor]:
 
 def _open_experiment(uri: str, experiment: str):
     """(client, experiment id); `ReportError` for a missing store or experiment."""
-    tracking.check_tracking_uri(uri)
-    path = tracking.sqlite_path(uri)
+    check_tracking_uri(uri)
+    path = sqlite_path(uri)
     if path and not Path(path).exists():
         raise ReportError(
             f"tracking database {path} (from {uri!r}) does not exist; run a job first or fix --uri"
         )
-    client = tracking.client_for(uri)
-    exp_id = tracking.experiment_id(client, experiment, create=False)
+    client = client_for(uri)
+    exp_id = experiment_id(client, experiment, create=False)
     if exp_id is None:
         names = sorted(e.name for e in client.search_experiments())
         raise ReportError(
@@ -154,21 +156,50 @@ def _open_experiment(uri: str, experiment: str):
     return client, exp_id
 
 
-def _run_row(run) -> dict:
-    tags, params = run.data.tags, run.data.params
+def _row(identity: dict, tags: dict, params: dict, metrics: dict) -> dict:
+    """One report row from a run's identity (run_id, run_name, start_time), tags, params and metrics."""
     return {
-        "run_id": run.info.run_id,
-        "run_name": run.info.run_name,
-        "start_time": run.info.start_time,
+        **identity,
         "domain": tags.get("domain") or params.get("domain.name"),
-        "variant": f"{tags.get('method', 'feclip')} · {tags.get('variant') or run.info.run_name}",
+        "variant": f"{tags.get('method', 'feclip')} · {tags.get('variant') or identity['run_name']}",
         "seed": tags.get("seed") or params.get("seed") or "",
         "backbone": tags.get("backbone") or params.get("backbone.name") or "unknown",
         "random_init": tags.get("feclip.random_init") == "true",
-        "parent_run_id": tags.get(tracking.PARENT_TAG),
+        "parent_run_id": tags.get(PARENT_TAG),
         "sweep_id": tags.get("sweep_id"),
-        **run.data.metrics,
+        **metrics,
     }
+
+
+def _run_row(run) -> dict:
+    identity = {"run_id": run.info.run_id, "run_name": run.info.run_name, "start_time": run.info.start_time}
+    return _row(identity, run.data.tags, run.data.params, run.data.metrics)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    runs = pd.DataFrame(rows, columns=list(dict.fromkeys([*RUN_COLUMNS, *(k for r in rows for k in r)])))
+    return runs.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def folder_runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """The report rows of a sweep's FINISHED jobs, from their folders (run.json + metrics.json): the same
+    table as `collect_runs` without a store, so a sweep whose tracking was lost still reports."""
+    rows = []
+    for folder in job_folders(Path(sweep_dir)):
+        record = read_json(folder / RUN_FILE)
+        if record.get("status") != "FINISHED" or not (folder / METRICS_FILE).exists():
+            continue
+        metrics = read_json(folder / METRICS_FILE)["metrics"]
+        identity = {
+            "run_id": record.get("run_id"),
+            "run_name": record.get("run_name"),
+            "start_time": record.get("updated"),
+        }
+        values = {k: (float("nan") if v is None else v) for k, v in metrics.items()}
+        rows.append(_row(identity, record.get("tags", {}), {}, values))
+    runs = _frame(rows)
+    runs.attrs.update(experiment=None, uri=None, superseded=0)
+    return runs
 
 
 def collect_runs(
@@ -182,11 +213,9 @@ def collect_runs(
     client, exp_id = _open_experiment(uri, experiment)
     filters = ["attributes.status = 'FINISHED'"]
     if parent_run_id:
-        filters.append(f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'")
-    found = tracking.search_all_runs(client, [exp_id], " and ".join(filters))
-    rows = [_run_row(run) for run in found if run.data.tags.get("feclip.parent") != "true"]
-    runs = pd.DataFrame(rows, columns=list(dict.fromkeys([*RUN_COLUMNS, *(k for r in rows for k in r)])))
-    runs = runs.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
+        filters.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    found = search_all_runs(client, [exp_id], " and ".join(filters))
+    runs = _frame([_run_row(run) for run in found if run.data.tags.get("feclip.parent") != "true"])
     n_all = len(runs)
     if latest_only:
         runs = runs.drop_duplicates(["variant", "domain", "seed", "backbone"]).reset_index(drop=True)
@@ -250,7 +279,7 @@ def variant_domain_table(runs: pd.DataFrame, metric: str, digits: int = 1) -> pd
 # ----------------------------------------------------------------------------------------- writing
 
 
-def _markdown(table: pd.DataFrame) -> list[str]:
+def markdown_lines(table: pd.DataFrame) -> list[str]:
     header = [table.index.name or "", *map(str, table.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += [
@@ -296,7 +325,7 @@ def write_report(
             "",
             METRIC_NOTES.get(metric, metric),
             "",
-            *_markdown(table),
+            *markdown_lines(table),
             "",
         ]
         lines += [f"- `{a.row}`: {a.note}" for a in anchors_for(metric) if a.row in table.index]

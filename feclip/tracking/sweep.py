@@ -9,7 +9,9 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +21,25 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
-from feclip.tracking.tracker import MAX_TAG_LENGTH, client_for, experiment_id, truncate
-from feclip.tracking.uris import TrackingError, check_tracking_uri, fast_http, one_line, resolve_tracking_uri
+from feclip.tracking.report import folder_runs, markdown_lines, variant_domain_table, write_report
+from feclip.tracking.tracker import MAX_TAG_LENGTH, client_for, experiment_id, param_key, truncate
+from feclip.tracking.uris import (
+    TrackingError,
+    check_tracking_uri,
+    fast_http,
+    one_line,
+    resolve_tracking_uri,
+    run_url,
+    ui_command,
+)
 
 PARENT_FILE = "mlflow_parent.json"
 STATUSES = ("finished", "failed", "killed", "skipped")
+REPORT_DIR = (
+    "report"  # <sweep dir>/report: the sweep's variant x domain tables (md + csv), also on the parent
+)
+STUDY_METRICS = ("auroc", "auroc_cold", "auroc_warm", "auroc_cross", "acc_val", "acc_oracle")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def parent_file(sweep_dir: str | Path) -> Path:
@@ -132,7 +148,51 @@ def parent_tags(sweep_id: str, sweep_dir: Path, overrides: list[str], key: str) 
         "feclip.sweep_key": key,
         "sweep_dir": str(sweep_dir),
         "sweep_overrides": truncate(" ".join(overrides), MAX_TAG_LENGTH),
+        **git_tags(),
     }
+
+
+def git_tags() -> dict[str, str]:
+    """The commit the code ran at (`mlflow.source.git.commit`) and whether the tree had changes; {} outside
+    a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "feclip.git_dirty": str(bool(changes)).lower()}
+
+
+def study_tables(sweep_dir: Path) -> dict:
+    """{metric: variant x domain table} of the sweep's finished HDMAP jobs, from their folders; written to
+    `<sweep dir>/report` (report.md + one CSV per metric + runs.csv). {} when no HDMAP job finished."""
+    runs = folder_runs(sweep_dir)
+    runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
+    metrics = [m for m in STUDY_METRICS if m in runs.columns and runs[m].notna().any()]
+    if runs.empty or not metrics:
+        return {}
+    tables = {metric: variant_domain_table(runs, metric) for metric in metrics}
+    for table in tables.values():
+        table.attrs["experiment"] = sweep_id_for(sweep_dir)
+    write_report(tables, Path(sweep_dir) / REPORT_DIR, runs)
+    tables["runs"] = runs
+    return tables
+
+
+def variant_means(runs) -> dict[str, float]:
+    """`<metric>_mean/<method>.<variant>`: each variant's metric averaged over its domains (seeds first),
+    for the parent run's chart view."""
+    means = {}
+    for metric in (m for m in STUDY_METRICS if m in runs.columns):
+        per_domain = runs.groupby(["variant", "domain"])[metric].mean().groupby("variant").mean()
+        for row, value in per_domain.dropna().items():
+            means[param_key(f"{metric}_mean/{row.replace(' · ', '.')}")] = float(value)
+    return means
 
 
 @dataclass
@@ -176,12 +236,17 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     """Count the jobs, end the parent run (when tracked and still running), print the closing lines."""
     outcome = sweep_outcome(Path(sweep_dir))
     LAST_SWEEP[:] = [outcome]
-    status = end_parent_run(sweep_dir, outcome, aborted=aborted)
+    tables = study_tables(Path(sweep_dir))
+    status, url = end_parent_run(sweep_dir, outcome, tables, aborted=aborted)
     counts = ", ".join(f"{n} {name.replace('_', '-')}" for name, n in outcome.counts.items() if n)
     print(
         f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}"
         + (f" (parent run {status})" if status else "")
     )
+    if "auroc" in tables:
+        print(study_summary(tables["auroc"], Path(sweep_dir) / REPORT_DIR))
+    if url:
+        print(f"  parent run: {url}")
     for record in outcome.failed:
         overrides = " ".join(record.get("overrides", [])) or "(no overrides)"
         reason = record.get("reason") or record["status"]
@@ -189,23 +254,56 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     return outcome
 
 
-def end_parent_run(sweep_dir: str | Path, outcome: SweepOutcome, aborted: bool = False) -> str | None:
+def study_summary(table, report_dir: Path) -> str:
+    """The sweep's closing table: image AUROC x100 per variant and domain, where the full report is."""
+    flag = table.attrs.get("random_init", 0)
+    note = f" ({flag} of {table.attrs['n_runs']} runs random-init: tests the pipeline)" if flag else ""
+    lines = [f"  image AUROC x100{note}:", *("  " + line for line in markdown_lines(table))]
+    return "\n".join([*lines, f"  report: {report_dir / 'report.md'}"])
+
+
+def end_parent_run(
+    sweep_dir: str | Path, outcome: SweepOutcome, tables: dict | None = None, aborted: bool = False
+) -> tuple[str | None, str | None]:
     """End the sweep's parent run if it is still running: FINISHED when every job finished or was skipped
-    and none is missing, else FAILED; the counts become `feclip.children_<status>` tags. A store that cannot
-    be reached is reported in one line (the job folders keep everything for `sync`)."""
+    and none is missing, else FAILED; the counts become `feclip.children_<status>` tags, the study (report
+    tables, per-variant means, multirun.yaml) its artifacts and metrics. Returns (status, UI address). A
+    store that cannot be reached is reported in one line (the job folders keep everything for `sync`)."""
     path = parent_file(sweep_dir)
     if not path.exists():
-        return None
+        return None, None
     record = json.loads(path.read_text())
+    uri = record["tracking_uri"]
     try:
         with fast_http(5):
-            return close_parent(client_for(record["tracking_uri"]), record["run_id"], outcome, aborted)
+            client = client_for(uri)
+            log_study(client, record["run_id"], Path(sweep_dir), tables or {})
+            status = close_parent(client, record["run_id"], outcome, aborted)
+            url = run_url(uri, client.get_run(record["run_id"]).info.experiment_id, record["run_id"])
     except Exception as error:  # the store may be gone: the sweep's results are in its folders
         print(
             f"feclip: could not end the sweep's parent run ({one_line(error, 160)}); sync it later",
             file=sys.stderr,
         )
-        return None
+        return None, None
+    command = ui_command(uri)
+    return status, url + (f"  (serve the UI first: {command})" if command else "")
+
+
+def log_study(client, run_id: str, sweep_dir: Path, tables: dict) -> None:
+    """The parent run carries the study: report tables, per-variant means, the sweep's multirun.yaml."""
+    if client.get_run(run_id).info.status != "RUNNING":
+        return
+    if (sweep_dir / REPORT_DIR).is_dir():
+        client.log_artifacts(run_id, str(sweep_dir / REPORT_DIR), REPORT_DIR)
+    if (sweep_dir / "multirun.yaml").exists():
+        client.log_artifact(run_id, str(sweep_dir / "multirun.yaml"))
+    if "runs" in tables:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in variant_means(tables["runs"]).items()]
+        client.log_batch(run_id, metrics=metrics)
 
 
 def close_parent(client, run_id: str, outcome: SweepOutcome, aborted: bool) -> str | None:

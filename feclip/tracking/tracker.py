@@ -8,6 +8,8 @@ be open in the same process (Hydra's basic launcher)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 import sys
@@ -18,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from feclip.tracking.uris import TrackingError, fast_http, http_reason, one_line
+from feclip.tracking.uris import TrackingError, fast_http, http_reason, one_line, sqlite_path
 
 TRUNCATION_MARKER = "...[truncated]"
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -27,19 +29,28 @@ PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 PARENT_TAG = "mlflow.parentRunId"
 NONFINITE_TAG = "feclip.nonfinite_metrics"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the MLflow 3 UI's workflow view of an experiment
+ML_EXPERIMENT_KIND = "custom_model_development"
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts/lists -> {dotted key: leaf}; list items get their index (`a.b.0`); empty ones stay."""
+    """Nested dicts -> {dotted key: leaf}; a list is one value, written as Hydra reads it back (`[7,9,11]`);
+    empty dicts stay."""
     flat: dict[str, Any] = {}
-    items = cfg.items() if isinstance(cfg, Mapping) else enumerate(cfg)
-    for key, value in items:
+    for key, value in cfg.items():
         name = f"{prefix}{key}"
-        if isinstance(value, (Mapping, list, tuple)) and len(value) > 0:
+        if isinstance(value, Mapping) and len(value) > 0:
             flat.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = list_value(value)
         else:
             flat[name] = value
     return flat
+
+
+def list_value(values: list | tuple) -> str:
+    """`[7,9,11]`, `[a,b]`, `[[1,3],[3,1]]`: one param value a Hydra override accepts as typed."""
+    return "[" + ",".join(list_value(v) if isinstance(v, (list, tuple)) else str(v) for v in values) + "]"
 
 
 def param_key(key: str) -> str:
@@ -67,12 +78,27 @@ def client_for(uri: str):
     return MlflowClient(uri)
 
 
+def artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment keeps its artifacts: `mlartifacts/<name>` beside a sqlite store (never the
+    job's working directory, which `hydra.job.chdir=true` makes the job folder); the server's choice for
+    other stores."""
+    path = sqlite_path(uri)
+    if not path:
+        return None
+    return (Path(path).expanduser().resolve().parent / "mlartifacts" / param_key(name)).as_uri()
+
+
 def experiment_id(client, name: str, create: bool = True) -> str | None:
-    """Id of the active experiment `name`; created when missing (`create`), safe against parallel creators."""
+    """Id of the active experiment `name`; created when missing (`create`), safe against parallel creators.
+    A created experiment opens on MLflow's classic ML view (runs table), not the GenAI one."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None and create:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(
+                name,
+                artifact_location=artifact_location(client.tracking_uri, name),
+                tags={EXPERIMENT_KIND_TAG: ML_EXPERIMENT_KIND},
+            )
         except Exception as error:  # usually: another job created it in between
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -113,15 +139,19 @@ class Tracker:
         *,
         budget_s: float = 30.0,
         timeout_s: float = 5.0,
+        system_metrics_s: float | None = None,
     ):
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.parent_run_id, self.enabled = parent_run_id, enabled
         self.budget_s, self.timeout_s = budget_s, timeout_s
+        self.system_metrics_s = system_metrics_s  # sampling interval of MLflow's system metrics; None = off
+        self._monitor = None
         self.lost: str | None = None  # why the tracker stopped calling the store (None while it works)
         self._spent = 0.0
         self._client = None
         self._run_id: str | None = None
+        self.experiment_id: str | None = None
         self._nonfinite: set[str] = set()
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -163,13 +193,33 @@ class Tracker:
         exp_id = self._call("creating the experiment", experiment_id, self._client, self.experiment)
         if exp_id is None:
             return self
+        self.experiment_id = exp_id
         parent = self._call("reading the parent run", self._parent_tags, exp_id) or {}
         tags = resolve_tags({**parent, **self.tags})
         run = self._call(
             "creating the run", self._client.create_run, exp_id, run_name=self.run_name, tags=tags
         )
         self._run_id = None if run is None else run.info.run_id
+        if self._run_id and self.system_metrics_s:
+            self._start_system_metrics()
         return self
+
+    def _start_system_metrics(self) -> None:
+        """CPU, memory, disk, network (and GPU where a monitor exists) as `system/*` metrics."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # start/stop lines per job
+        self._monitor = SystemMetricsMonitor(
+            self._run_id, sampling_interval=self.system_metrics_s, tracking_uri=self.uri
+        )
+        self._monitor.start()
+
+    def _stop_system_metrics(self) -> None:
+        """Flush the samples while the store works; with tracking lost the sampler thread is left to die
+        with the process (it is a daemon) instead of blocking the job on a dead store."""
+        if self._monitor is not None and self.lost is None:
+            self._call("logging system metrics", self._monitor.finish)
+        self._monitor = None
 
     def _parent_tags(self, exp_id: str) -> dict[str, str]:
         """`mlflow.parentRunId` (+ the parent's `sweep_id`) when the parent exists in this experiment."""
@@ -192,6 +242,7 @@ class Tracker:
         return {PARENT_TAG: self.parent_run_id, **sweep}
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._stop_system_metrics()
         if not self._open():
             return False
         if exc is None:
@@ -252,6 +303,28 @@ class Tracker:
         entries = [RunTag(str(k), truncate(v, MAX_TAG_LENGTH)) for k, v in tags.items()]
         for batch in batches(entries, PARAMS_PER_BATCH):
             self._call("setting tags", self._client.log_batch, self._run_id, tags=batch)
+
+    def log_input(self, name: str, digest: str, source: str, *, context: str, profile: dict) -> None:
+        """The dataset a run used (MLflow's Datasets column): `name`, content `digest`, `source` path,
+        `context` (train, test) and a small `profile` (counts)."""
+        if not self._open():
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name, digest, "local", json.dumps({"uri": str(source)}), profile=json.dumps(profile)
+        )
+        entry = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+        self._call("logging the dataset", self._client.log_inputs, self._run_id, datasets=[entry])
+
+    def log_image(self, path: str | Path, key: str) -> None:
+        """A figure as an MLflow image under `key`: shown side by side across runs in the compare view."""
+        if not self._open():
+            return
+        from PIL import Image
+
+        with Image.open(path) as image:
+            self._call("logging an image", self._client.log_image, self._run_id, image.copy(), key=key)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         """Upload every file under `local_dir` (keeping the tree) into the run's artifacts."""

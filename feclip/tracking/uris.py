@@ -140,3 +140,19 @@ def http_reason(error: Exception) -> str:
 def one_line(error: BaseException | str, limit: int) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def run_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI address of a run (or of its experiment's runs table): the server's own for http(s)
+    stores, `mlflow ui`'s default address for a sqlite store (see `ui_command`)."""
+    base = uri.rstrip("/") if urlsplit(uri).scheme in ("http", "https") else UI_ADDRESS
+    page = f"{base}/#/experiments/{experiment_id}"
+    return f"{page}/runs/{run_id}" if run_id else f"{page}/runs"
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves a sqlite store's UI (None for a server, which already has one)."""
+    return f"mlflow ui --backend-store-uri {uri}" if urlsplit(uri).scheme == "sqlite" else None

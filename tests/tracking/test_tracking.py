@@ -117,9 +117,23 @@ def test_check_makes_a_single_request_attempt():
 # -------------------------------------------------------------------------------------------- Tracker
 
 
-def test_flatten_config():
-    flat = tracking.flatten_config({"a": {"b": 1, "c": [3, {"d": "x"}]}, "e": [], "f": None})
-    assert flat == {"a.b": 1, "a.c.0": 3, "a.c.1.d": "x", "e": [], "f": None}
+def test_flatten_config_keeps_lists_as_one_value_hydra_reads_back():
+    flat = tracking.flatten_config({"a": {"b": 1, "c": [3, 5]}, "e": [], "f": None, "w": [[1, 3], [3, 1]]})
+    assert flat == {"a.b": 1, "a.c": "[3,5]", "e": "[]", "f": None, "w": "[[1,3],[3,1]]"}
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(f"x={flat['w']}")
+    assert parsed.value() == [[1, 3], [3, 1]]
+
+
+def test_created_experiment_opens_on_the_ml_view_with_artifacts_beside_the_store(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment(tracking.experiment_id(client, "my study"))
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (tmp_path / "store" / "mlartifacts" / "my study").as_uri()
 
 
 def test_tracker_logs_params_metrics_and_artifacts(store, tmp_path):
@@ -136,8 +150,8 @@ def test_tracker_logs_params_metrics_and_artifacts(store, tmp_path):
         tracker.log_artifact(tmp_path / "out" / "metrics.json", "extra")
     run = _run(store, tracker.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "C-dct"
-    assert run.data.params["model.lam"] == "0.1" and run.data.params["model.taps.1"] == "5"
-    assert len(run.data.params) == 4 + 150
+    assert run.data.params["model.lam"] == "0.1" and run.data.params["model.taps"] == "[2,5]"
+    assert len(run.data.params) == 3 + 150
     assert len(run.data.params["prompt"]) == 6000 and run.data.params["prompt"].endswith("...[truncated]")
     assert run.data.metrics == {"auroc": 0.9, "n": 3.0, "train_loss": 1.0}
     assert run.data.tags["feclip.nonfinite_metrics"] == "auroc_cold"
