@@ -1,4 +1,6 @@
-"""Speed of FE-CLIP against its physical limit (experiments/004_performance). Not a test: it prints measurements.
+"""Speed of FE-CLIP against its physical limit (experiments/004_performance).
+
+Not a test: it prints measurements.
 
     python scripts/bench.py                                         # tiny random-init ViT, CPU, offline
     python scripts/bench.py --backbone vit_b16 --batch 8 --repeats 5
@@ -137,7 +139,8 @@ def parse_taps(text: str):
 
 # ---------------------------------------------------------------------------------------------- backbone
 def resolve_backbone(name: str) -> dict:
-    """A conf/backbone name (tiny, vit_b16, ...) or an open_clip model name -> name, pretrained, input size."""
+    """A conf/backbone name (tiny, vit_b16, ...) or an open_clip model name -> name, pretrained, input
+    size."""
     path = CONF / "backbone" / f"{name}.yaml"
     if path.is_file():
         spec = OmegaConf.load(path)
@@ -174,7 +177,8 @@ def build_backbone(spec: dict, weights: str) -> tuple[ClipBackbone, str]:
         if weights == "pretrained":
             raise
         print(
-            f"bench: weights {tag!r} unavailable ({error}); using random init (timing does not depend on them)"
+            f"bench: weights {tag!r} unavailable ({error}); using random init "
+            "(timing does not depend on them)"
         )
         torch.manual_seed(0)
         return ClipBackbone(spec["name"], None), f"random init ({tag} unavailable)"
@@ -247,9 +251,9 @@ def bench_lfs_paths(backbone, images, args, ctx) -> dict:
         for transform in TRANSFORM_NAMES:
             lfs = LFS(backbone.width, (3, 3), statistic, 3, transform).to(device)
             fast = lfs.statistic.has_fast_path(lfs.transform)
-            fns = {"default": lambda: lfs.frequency_statistic(grid)}
+            fns = {"default": functools.partial(lfs.frequency_statistic, grid)}
             if fast:
-                fns["unfold"] = lambda: lfs.frequency_statistic(grid, fast=False)
+                fns["unfold"] = functools.partial(lfs.frequency_statistic, grid, fast=False)
             with torch.inference_mode():
                 times = interleaved(fns, device, args.repeats)
             fast_fn = getattr(lfs.statistic.fast, "__name__", None)
@@ -280,7 +284,8 @@ def bench_lfs_paths(backbone, images, args, ctx) -> dict:
                 ]
             )
     table(
-        f"LFS statistic paths (`LFS.frequency_statistic`, path = `LFS.statistic.has_fast_path(LFS.transform)`; "
+        "LFS statistic paths (`LFS.frequency_statistic`, "
+        f"path = `LFS.statistic.has_fast_path(LFS.transform)`; "
         f"grid {len(images)}x{gh}x{gw}x{backbone.width}, fp32)",
         ["statistic", "transform", "path taken", "decided by", "time", "unfold path", "unfold / taken"],
         rows,
@@ -354,7 +359,8 @@ def bench_train(backbone, images, text, args, ctx) -> dict:
         rows.append([what, f"{times[name]:.3f} s", f"{n / times[name]:.1f}", peak])
     speedup = times["uncached"] / times["cached"]
     table(
-        f"Training step ({ctx['label']}; taps {model.taps}; Adam, feclip_loss; cache speed-up {speedup:.2f}x)",
+        f"Training step ({ctx['label']}; taps {model.taps}; Adam, feclip_loss; "
+        f"cache speed-up {speedup:.2f}x)",
         ["step", "time", "images/s", "peak (CUDA allocated)"],
         rows,
     )
@@ -501,7 +507,7 @@ def sweep_overrides(args, stamp: str) -> list[str]:
 
 
 def bench_sweep_phases(args, stamp: str) -> dict:
-    """One job of the default sweep in-process (domain C, freq dct, a fresh token cache) with its phases timed."""
+    """One job of the default sweep in-process (domain C, freq dct, a fresh token cache), phases timed."""
     from hydra import compose, initialize_config_dir
 
     import feclip.jobs.train_eval as te

@@ -21,7 +21,9 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to LOG_DIR/NA
     timeout --signal=TERM --kill-after=20 "$limit" "$@" 2>&1 | tee "${LOG_DIR}/${name}.log" || rc=${PIPESTATUS[0]}
     SUMMARY+=("${name}: rc=${rc} ($((SECONDS - t0)) s): $*")
     if [ "$rc" -ne 0 ]; then
-        finish "FAILED at ${name} (rc ${rc}${rc:+; 124 = timed out after ${limit} s})"
+        local why=""
+        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then why="; timed out after ${limit} s"; fi
+        finish "FAILED at ${name} (rc ${rc}${why})"
         exit "$rc"
     fi
 }

@@ -1,7 +1,8 @@
 """Screenshot of a finished sweep's runs table in the MLflow UI (headless Chromium), for the README.
 
     python run.py -m experiment=smoke domain=A,C freq=dct,fft tracking.uri=sqlite:///shot/mlflow.db
-    python scripts/ui_screenshot.py --uri sqlite:///shot/mlflow.db --experiment smoke --out docs/mlflow_runs.png
+    python scripts/ui_screenshot.py --uri sqlite:///shot/mlflow.db --experiment smoke \
+        --out docs/mlflow_runs.png
 
 Starts `mlflow ui` on a free 127.0.0.1 port against the store, opens the experiment's runs page in headless
 Chromium (`apt-get install chromium-headless-shell` or `chromium`), writes the PNG and stops the server.
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     browser = next((b for b in BROWSERS if shutil.which(b)), None)
     if browser is None:
-        raise SystemExit(f"ui_screenshot: error: no headless browser found; install one of {', '.join(BROWSERS)}")
+        names = ", ".join(BROWSERS)
+        raise SystemExit(f"ui_screenshot: error: no headless browser found; install one of {names}")
     uri = resolve_tracking_uri(args.uri, Path.cwd())
     experiment = client_for(uri).get_experiment_by_name(args.experiment)
     if experiment is None:

@@ -246,6 +246,13 @@ def build_tap_adapter(cfg: FEClipConfig, width: int) -> TapAdapter:
     return TapAdapter(branches, cfg.lam)
 
 
+def upsample(maps: torch.Tensor, size) -> torch.Tensor:
+    """maps: (N, gh, gw) patch-resolution maps -> (N, h, w), bilinear, in float32 (also under autocast)."""
+    with torch.autocast(maps.device.type, enabled=False):
+        resized = F.interpolate(maps.float()[:, None], size=tuple(size), mode="bilinear", align_corners=False)
+    return resized[:, 0]
+
+
 @dataclass(kw_only=True)
 class FEClipOutput(MethodOutput):
     """score (B,) image anomaly score; map (B, h, w) at the input size (smoothed when smoothing_sigma > 0);
@@ -253,7 +260,8 @@ class FEClipOutput(MethodOutput):
     (= encode_image when the adapters are off); plus the per-tap outputs the training loss needs."""
 
     tap_scores: torch.Tensor  # (T, B) class-token abnormal probability per tap
-    tap_maps: torch.Tensor  # (T, B, h, w) per-tap maps (units: map_kind), before smoothing
+    tap_maps: torch.Tensor | None  # (T, B, h, w) per-tap maps (units: map_kind), before smoothing; None at
+    # inference (`per_tap_maps=False`: the mean of the patch grids is upsampled once, the same map)
     map_kind: str = "prob"  # "prob" (abnormal probability) | "logit_margin" ((cos_a - cos_n) / tau)
 
 
@@ -310,17 +318,26 @@ class FEClip(nn.Module):
         """images: (B, 3, h, w) -> tokens (B, 1 + gh*gw, D) after the first tap block, before its adapter."""
         return self.backbone.run_blocks(self.backbone.embed(images), 0, self.taps[0] + 1)
 
-    def forward(self, images: torch.Tensor) -> FEClipOutput:
+    def forward(self, images: torch.Tensor, *, per_tap_maps: bool = True) -> FEClipOutput:
         """images: (B, 3, h, w) normalised -> FEClipOutput with maps at (h, w)."""
         size = tuple(images.shape[-2:])
         return self.forward_from_tokens(
-            self.pre_tap_tokens(images), size, token_grid=self.backbone.grid_size(size)
+            self.pre_tap_tokens(images),
+            size,
+            token_grid=self.backbone.grid_size(size),
+            per_tap_maps=per_tap_maps,
         )
 
-    def forward_from_tokens(self, tokens: torch.Tensor, image_size, *, token_grid) -> FEClipOutput:
+    def forward_from_tokens(
+        self, tokens: torch.Tensor, image_size, *, token_grid, per_tap_maps: bool = True
+    ) -> FEClipOutput:
         """tokens: (B, 1 + gh * gw, D) from `pre_tap_tokens` of inputs whose patch grid was `token_grid`
         (gh, gw); image_size: (h, w) of those inputs (the maps' size). The grid is checked, not only the
-        token count: tokens of a 64x192 input (4 x 12) are refused as 96x128 (6 x 8)."""
+        token count: tokens of a 64x192 input (4 x 12) are refused as 96x128 (6 x 8).
+
+        `per_tap_maps`: upsample every tap's map (the training loss needs them); False upsamples only their
+        mean (bilinear resizing is linear: the same map, T times fewer interpolations) and leaves
+        `tap_maps` None."""
         image_size = tuple(int(v) for v in image_size)
         gh, gw = self.backbone.grid_size(image_size)
         if tuple(token_grid) != (gh, gw):
@@ -340,13 +357,18 @@ class FEClip(nn.Module):
             if i > 0:
                 tokens = self.backbone.run_blocks(tokens, self.taps[i - 1] + 1, tap + 1)
             tokens, grid = self._fuse(i, tokens, gh, gw)
-            score, amap = self._tap_heads(tokens[:, 0], grid, image_size)
+            score, amap = self._tap_heads(tokens[:, 0], grid)
             scores.append(score)
             maps.append(amap)
             features.append(grid)
         tokens = self.backbone.run_blocks(tokens, self.taps[-1] + 1, self.backbone.num_blocks)
+        grids = torch.stack(maps)  # (T, B, gh, gw)
+        tap_maps = (
+            upsample(grids.flatten(0, 1), image_size).unflatten(0, grids.shape[:2]) if per_tap_maps else None
+        )
+        amap = tap_maps.mean(0) if per_tap_maps else upsample(grids.mean(0), image_size)
         return self._aggregate(
-            torch.stack(scores), torch.stack(maps), features, self.backbone.project(tokens[:, 0])
+            torch.stack(scores), amap, tap_maps, features, self.backbone.project(tokens[:, 0])
         )
 
     def _fuse(self, index: int, tokens: torch.Tensor, gh: int, gw: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,22 +386,18 @@ class FEClip(nn.Module):
             emb = F.normalize(embeddings.float(), dim=-1)
             return emb @ F.normalize(self.text_features.float(), dim=-1).T / self.cfg.temperature
 
-    def _tap_heads(
-        self, cls: torch.Tensor, grid: torch.Tensor, image_size
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cls: (B, D), grid: (B, gh, gw, D) -> score (B,), map (B, h, w) of one tap."""
+    def _tap_heads(self, cls: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cls: (B, D), grid: (B, gh, gw, D) -> score (B,), map (B, gh, gw) of one tap (patch resolution)."""
         score = self._logits(self.backbone.project(cls)).softmax(-1)[:, 1]
         patch_emb = (
             self.backbone.project(grid) if self.fc is None else self.fc(self.backbone.visual.ln_post(grid))
         )
         logits = self._logits(patch_emb)
         amap = logits.softmax(-1)[..., 1] if self.cfg.map == "prob" else logits[..., 1] - logits[..., 0]
-        with torch.autocast(amap.device.type, enabled=False):
-            amap = F.interpolate(amap[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]
         return score, amap
 
-    def _aggregate(self, tap_scores, tap_maps, features, embedding) -> FEClipOutput:
-        amap = tap_maps.mean(0)
+    def _aggregate(self, tap_scores, amap, tap_maps, features, embedding) -> FEClipOutput:
+        """amap: (B, h, w) mean over taps at the input size; tap_maps: (T, B, h, w) or None."""
         if self.cfg.smoothing_sigma > 0:
             amap = gaussian_smooth(amap, self.cfg.smoothing_sigma)
         score = tap_scores.mean(0)

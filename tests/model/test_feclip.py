@@ -175,6 +175,19 @@ def test_shapes(backbone, text, options, batch, size):
     assert torch.isfinite(out.map).all() and torch.isfinite(out.score).all()
 
 
+@pytest.mark.parametrize("options", [{}, {"map": "logit_margin", "smoothing_sigma": 2.0}])
+def test_upsampling_the_mean_once_gives_the_mean_of_the_upsampled_tap_maps(backbone, text, options):
+    net = model(backbone, text, taps=[0, 1, 3], lam=0.4, **options)
+    images = torch.randn(2, 3, 112, 336)
+    with torch.no_grad():
+        per_tap, once = net(images), net(images, per_tap_maps=False)
+    assert once.tap_maps is None and per_tap.tap_maps.shape == (3, 2, 112, 336)
+    assert torch.allclose(once.map, per_tap.map, atol=1e-6) and not torch.equal(
+        per_tap.map, per_tap.tap_maps[0]
+    )
+    assert torch.equal(once.score, per_tap.score) and once.map.dtype == torch.float32
+
+
 def test_one_image_does_not_depend_on_the_others(backbone, text):
     net = model(backbone, text, lam=0.5)
     images = torch.randn(3, 3, 112, 336)

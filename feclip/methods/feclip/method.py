@@ -137,8 +137,11 @@ class FEClipMethod(Method):
         return self.model.pre_tap_tokens(inputs)
 
     def forward(self, inputs=None, *, frozen=None) -> FEClipOutput:
-        """inputs (B, 3, h, w), or their pre-tap tokens (`feclip.cache.Frozen`)."""
-        return self.model(inputs) if frozen is None else forward_frozen(self.model, frozen)
+        """inputs (B, 3, h, w), or their pre-tap tokens (`feclip.cache.Frozen`); inference: the tap maps'
+        mean is upsampled once (no per-tap maps)."""
+        if frozen is None:
+            return self.model(inputs, per_tap_maps=False)
+        return forward_frozen(self.model, frozen, per_tap_maps=False)
 
     def with_references(self, out: FEClipOutput, terms: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return add_fewshot(out, terms["distance"], weight_map=self.weight_map, weight_score=self.weight_score)

@@ -26,10 +26,13 @@ class TrainingDiverged(FeclipError):
     """A training loss became NaN or infinite (a learning rate too high for the data, usually)."""
 
 
-def forward_frozen(model: FEClip, frozen: Frozen) -> FEClipOutput:
+def forward_frozen(model: FEClip, frozen: Frozen, *, per_tap_maps: bool = True) -> FEClipOutput:
     """FE-CLIP from cached pre-tap tokens; the grid comes with them (`Frozen.input_size`)."""
     size = frozen.input_size
-    return model.forward_from_tokens(frozen.features.float(), size, token_grid=model.backbone.grid_size(size))
+    grid = model.backbone.grid_size(size)
+    return model.forward_from_tokens(
+        frozen.features.float(), size, token_grid=grid, per_tap_maps=per_tap_maps
+    )
 
 
 @dataclass
