@@ -21,6 +21,7 @@ from feclip.data.sources import AUX_SOURCES
 from feclip.data.transforms import INTENSITIES, RESIZES
 from feclip.errors import FeclipError
 from feclip.jobs.registry import MODES, PROTOCOLS
+from feclip.methods.patchcore.backbone import PRESETS as PATCHCORE_BACKBONES
 from feclip.methods.registry import METHODS
 from feclip.model.adapters import LFS_STATISTICS
 from feclip.model.feclip import FC_INITS, MAPS, SCORES, TAP_PRESETS
@@ -55,6 +56,7 @@ REGISTRIES = (
     SOFT_BASES,
     FC_INITS,
     CACHE_DTYPES,
+    PATCHCORE_BACKBONES,
 )
 CHOICES: dict[str, Registry] = {registry.key: registry for registry in REGISTRIES}
 

@@ -23,19 +23,12 @@ from feclip.methods.winclip.model import (
     visual_association,
     window_masks,
 )
-from feclip.model.backbone import ClipBackbone
 from feclip.model.prompts import text_features
 from feclip.runtime import Runtime
 from feclip.tracking import JobInfo
 
 SIZE = (64, 96)  # feclip-tiny (patch 16): a 4 x 6 grid
 GRID = (4, 6)
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return ClipBackbone("feclip-tiny")
 
 
 @pytest.fixture(scope="module")
