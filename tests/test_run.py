@@ -88,6 +88,7 @@ def test_job_with_chdir_uses_launch_paths_and_the_store_artifact_root(tmp_path):
     assert any(key.startswith("system/") for key in run.data.metrics), run.data.metrics
     assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in result.stdout
     assert f"folder: {tmp_path / 'job'}" in result.stdout and "auroc " in result.stdout
+    assert "token cache: " in result.stdout and f"GB in {tmp_path / 'cache'}" in result.stdout
 
 
 def test_three_methods_on_two_domains_into_sqlite(tmp_path):

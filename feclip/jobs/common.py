@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from feclip import tracking
+from feclip.cache import size_bytes
 from feclip.data.sources import AUX_SOURCES
 from feclip.evaluation.metrics import MetricWarning
 from feclip.methods.registry import METHODS
@@ -192,8 +193,30 @@ def finished_run(cfg: DictConfig, uri: str, digest: str):
     return runs[0] if runs else None
 
 
-def closing_block(record: dict, metrics: dict[str, float], *, key_metrics: tuple[str, ...], tracker) -> str:
-    """The lines a job ends with: status and name, its key metrics, its folder, its MLflow run."""
+def cache_line(cfg: DictConfig) -> str | None:
+    """`token cache: 1.23 GB in <dir> (cap 5 GB)` for a disk token cache, else None."""
+    folder = Path(cfg.cache_dir)
+    if OmegaConf.select(cfg, "train.token_cache", default=None) != "disk" or not folder.is_dir():
+        return None
+    cap = cfg.train.cache_max_gb
+    limit = (
+        f" (cap {cap} GB)"
+        if cap
+        else " (no cap: train.cache_max_gb; clear: python -m feclip.cache --clear --dir <dir>)"
+    )
+    return f"  token cache: {size_bytes(folder) / 1e9:.2f} GB in {folder}{limit}"
+
+
+def closing_block(
+    record: dict,
+    metrics: dict[str, float],
+    *,
+    key_metrics: tuple[str, ...],
+    tracker,
+    cache: str | None = None,
+) -> str:
+    """The lines a job ends with: status and name, its key metrics, its folder, its MLflow run, the
+    token cache's size."""
     seconds = record.get("ended", time.time()) - record.get("started", time.time())
     lines = [f"feclip job {record['run_name']}: {record['status']} in {seconds:.0f} s"]
     shown = [f"{name} {metrics[name]:.4f}" for name in key_metrics if name in metrics]
@@ -205,6 +228,8 @@ def closing_block(record: dict, metrics: dict[str, float], *, key_metrics: tuple
         )
         lines.append("  " + "  ".join(shown) + flag)
     lines.append(f"  folder: {record['job_folder']}")
+    if cache:
+        lines.append(cache)
     if tracker.run_id and tracker.lost is None:
         lines.append(f"  run:    {tracking.run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}")
         command = tracking.ui_command(tracker.uri)
@@ -291,11 +316,8 @@ def tracked_job(
             lost=tracker.lost,
             ended=time.time(),
         )
-        print(
-            closing_block(
-                ended, metrics or (record.metrics if record else {}), key_metrics=key_metrics, tracker=tracker
-            )
-        )
+        shown = metrics or (record.metrics if record else {})
+        print(closing_block(ended, shown, key_metrics=key_metrics, tracker=tracker, cache=cache_line(cfg)))
         if tracker.lost:
             print(
                 f"feclip: tracking was lost ({tracker.lost}); every result is in {output_dir}; log it with: "

@@ -215,11 +215,18 @@ class Tracker:
         self._monitor.start()
 
     def _stop_system_metrics(self) -> None:
-        """Flush the samples while the store works; with tracking lost the sampler thread is left to die
-        with the process (it is a daemon) instead of blocking the job on a dead store."""
-        if self._monitor is not None and self.lost is None:
-            self._call("logging system metrics", self._monitor.finish)
-        self._monitor = None
+        """Stop the sampler within `timeout_s` and flush its samples while the store works. MLflow's
+        `finish()` joins the sampler without a time limit (a sampler stuck on a dead store would hold the
+        job), so the stop is done here: set its shutdown event, join with a timeout, flush."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        monitor._shutdown_event.set()
+        thread = monitor._process
+        if thread is not None:
+            thread.join(timeout=self.timeout_s)
+        if self.lost is None and (thread is None or not thread.is_alive()):
+            self._call("logging system metrics", monitor.mlflow_logger.flush)
 
     def _parent_tags(self, exp_id: str) -> dict[str, str]:
         """`mlflow.parentRunId` (+ the parent's `sweep_id`) when the parent exists in this experiment."""

@@ -164,7 +164,13 @@ def test_a_signal_ends_the_job_killed_with_its_files(tmp_path, sig):
 
 def test_skip_finished_reruns_only_what_is_missing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = ["-m", "domain=A,C", *small_data(tmp_path), f"tracking.uri={uri}", "tracking.experiment=resume"]
+    common = [
+        "-m",
+        "domain=A,C",
+        *small_data(tmp_path, n=20),
+        f"tracking.uri={uri}",
+        "tracking.experiment=resume",
+    ]
     common += ["eval.figures=false", "tracking.skip_finished=true"]
     first = _start([*common, "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'first'}"], tmp_path)
     _wait_for_epochs(tmp_path / "first" / "1", 2, first)  # job 0 (A) finished, job 1 (C) training
