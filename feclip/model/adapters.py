@@ -2,7 +2,9 @@
 
 - `FFE` (frequency-aware feature extraction): non-overlapping Ph x Pw windows (replicate-padded to a multiple,
   cropped back), window transform, one Linear(D, D) + GELU on the channel axis shared by every coefficient and
-  window (FFT: the same Linear on the real and on the imaginary parts), inverse transform.
+  window (FFT: the same Linear on the real and on the imaginary parts), inverse transform. Computed with the
+  Linear's matrix applied to the tokens before the transform (they commute; the bias goes on the
+  coefficients): one matmul per token for DCT and FFT alike, not one per coefficient.
 - `LFS` (local frequency statistics): stride-1 Qh x Qw windows (replicate padding (Q-1)//2 before, Q//2
   after; output grid = input grid), window transform, one statistic of `LFS_STATISTICS` over the window's
   coefficients (FFT: the statistic of the real part plus that of the imaginary part), then
@@ -114,11 +116,15 @@ class FFE(nn.Module):
         batch, gh, gw, width = grid.shape
         ph, pw = self.window
         with torch.autocast(grid.device.type, enabled=False):
-            maps = replicate_pad(grid.float().permute(0, 3, 1, 2), 0, -gh % ph, 0, -gw % pw)
+            # W (T x) + b = T (x W^T) + b: the channel Linear commutes with the window transform T (and with
+            # the replicate padding), so it runs once per token instead of once per coefficient (twice as many
+            # for the FFT's real and imaginary parts); the bias is added to every coefficient, then GELU
+            mixed = F.linear(grid.float(), self.linear.weight)
+            maps = replicate_pad(mixed.permute(0, 3, 1, 2), 0, -gh % ph, 0, -gw % pw)
             rows, cols = maps.shape[-2] // ph, maps.shape[-1] // pw
             # (B, D, rows*ph, cols*pw) -> windows (B, rows, cols, ph, pw, D)
             windows = maps.reshape(batch, width, rows, ph, cols, pw).permute(0, 2, 4, 3, 5, 1)
-            coeffs = self.act(self.linear(self.transform(windows)))
+            coeffs = self.act(self.transform(windows) + self.linear.bias)
             out = (
                 self.transform.inverse(coeffs)
                 .permute(0, 1, 3, 2, 4, 5)

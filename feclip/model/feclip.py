@@ -30,6 +30,7 @@ caller's autocast.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -246,11 +247,24 @@ def build_tap_adapter(cfg: FEClipConfig, width: int) -> TapAdapter:
     return TapAdapter(branches, cfg.lam)
 
 
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) float32: one axis of `F.interpolate(mode='bilinear', align_corners=False)` as a matrix,
+    column j = the interpolated unit vector e_j (derived from F.interpolate itself, not re-derived)."""
+    with torch.inference_mode(False), torch.no_grad():  # cached: usable by autograd after inference calls
+        eye = torch.eye(n_in, device=device)[None, None]
+        return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
+
+
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    """maps: (N, gh, gw) patch-resolution maps -> (N, h, w), bilinear, in float32 (also under autocast)."""
+    """maps: (N, gh, gw) patch-resolution maps -> (N, h, w), bilinear (align_corners=False), in float32 (also
+    under autocast). Computed as A_h @ maps @ A_w^T (`bilinear_matrix`): the same numbers as F.interpolate
+    within float rounding, and a backward of two matmuls (5x faster than interpolate's on CPU)."""
+    h, w = size
     with torch.autocast(maps.device.type, enabled=False):
-        resized = F.interpolate(maps.float()[:, None], size=tuple(size), mode="bilinear", align_corners=False)
-    return resized[:, 0]
+        rows = bilinear_matrix(maps.shape[-2], int(h), maps.device)
+        cols = bilinear_matrix(maps.shape[-1], int(w), maps.device)
+        return rows @ maps.float() @ cols.T
 
 
 @dataclass(kw_only=True)

@@ -75,11 +75,17 @@ def test_ffe_mixes_only_inside_windows():
 
 
 @pytest.mark.parametrize("transform", list(TRANSFORMS))
-def test_ffe_fft_is_linear_gelu_on_real_and_imaginary_parts_of_torch_fft(transform):
-    """FFE by hand with torch.fft / scipy-free DCT einsum: windows, transform, Linear + GELU, inverse."""
+@pytest.mark.parametrize("grid_size", [(6, 3), (5, 2)])  # (5, 2): replicate-padded to (6, 3), cropped back
+def test_ffe_fft_is_linear_gelu_on_real_and_imaginary_parts_of_torch_fft(transform, grid_size):
+    """FFE by hand with torch.fft / scipy-free DCT einsum: windows, transform, Linear + GELU, inverse (the
+    Linear applied to the coefficients, as the paper writes it; FFE applies it to the tokens first)."""
     ffe = FFE(5, (3, 3), transform)
-    grid = torch.randn(2, 6, 3, 5)
-    windows = grid.reshape(2, 2, 3, 1, 3, 5).permute(0, 1, 3, 2, 4, 5)  # (B, rows, cols, 3, 3, D)
+    with torch.no_grad():
+        ffe.linear.bias.normal_()  # the bias must land on every coefficient
+    grid = torch.randn(2, *grid_size, 5)
+    full = F.pad(grid.permute(0, 3, 1, 2), (0, 3 - grid_size[1], 0, 6 - grid_size[0]), mode="replicate")
+    # (B, rows 2, cols 1, 3, 3, D)
+    windows = full.permute(0, 2, 3, 1).reshape(2, 2, 3, 1, 3, 5).permute(0, 1, 3, 2, 4, 5)
     act = lambda c: F.gelu(ffe.linear(c))  # noqa: E731
     if transform == "fft":
         spectrum = torch.fft.fft2(windows, dim=(-3, -2), norm="ortho")
@@ -89,7 +95,7 @@ def test_ffe_fft_is_linear_gelu_on_real_and_imaginary_parts_of_torch_fft(transfo
         basis = dct_matrix(3).float()
         coeffs = torch.einsum("ki,lj,...ijc->...klc", basis, basis, windows)
         back = torch.einsum("ki,lj,...klc->...ijc", basis, basis, act(coeffs))
-    expected = back.permute(0, 1, 3, 2, 4, 5).reshape(2, 6, 3, 5)
+    expected = back.permute(0, 1, 3, 2, 4, 5).reshape(2, 6, 3, 5)[:, : grid_size[0], : grid_size[1]]
     assert (ffe(grid) - expected).abs().max() <= 1e-5
 
 

@@ -5,7 +5,15 @@ import torch
 import torch.nn.functional as F
 
 from feclip.model.checkpoint import config_from_v1
-from feclip.model.feclip import FEClip, FEClipConfig, HeadError, gaussian_smooth, resolve_taps
+from feclip.model.feclip import (
+    FEClip,
+    FEClipConfig,
+    HeadError,
+    bilinear_matrix,
+    gaussian_smooth,
+    resolve_taps,
+    upsample,
+)
 from feclip.model.prompts import text_features
 
 from .test_backbone import block_outputs
@@ -186,6 +194,25 @@ def test_upsampling_the_mean_once_gives_the_mean_of_the_upsampled_tap_maps(backb
         per_tap.map, per_tap.tap_maps[0]
     )
     assert torch.equal(once.score, per_tap.score) and once.map.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("grid", "size"),
+    [((4, 12), (64, 192)), ((14, 14), (224, 224)), ((24, 24), (336, 336)), ((4, 12), (31, 95))],
+)
+def test_upsample_matches_bilinear_interpolate_values_and_gradients(grid, size):
+    maps = torch.rand(3, *grid, dtype=torch.float64).float().requires_grad_()
+    weights = torch.rand(3, *size)
+    reference = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), maps)
+    bilinear_matrix.cache_clear()
+    with torch.inference_mode():  # matrices first built under inference mode must still serve autograd
+        upsample(maps.detach(), size)
+    ours = upsample(maps, size)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), maps)
+    assert ours.shape == (3, *size) and ours.dtype == torch.float32
+    assert torch.allclose(ours, reference, atol=1e-6)
+    assert torch.allclose(grad_ours, grad_reference, rtol=1e-5, atol=1e-4)
 
 
 def test_one_image_does_not_depend_on_the_others(backbone, text):

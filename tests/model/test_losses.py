@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from feclip.model.feclip import FEClipOutput
-from feclip.model.losses import LossError, dice_loss, feclip_loss, focal_loss
+from feclip.model.losses import PROB_FLOOR, LossError, dice_loss, feclip_loss, focal_loss
 
 
 def output(tap_scores, tap_maps, map_kind="prob"):
@@ -59,6 +59,39 @@ def test_dice_and_focal_by_hand():
     assert dice_loss(probs, targets).item() == pytest.approx(1 - (1.8 + 1e-6) / (2.1 + 1e-6), rel=1e-6)
     expected = (0.25 * 0.01 * -math.log(0.9) + 0.75 * 0.04 * -math.log(0.8)) / 2
     assert focal_loss(probs, targets).item() == pytest.approx(expected, rel=1e-5)
+
+
+def plain_focal(probs, targets, gamma, alpha):
+    """The textbook formula, left to autograd: the reference of the hand-derived backward."""
+    log_p, log_q = torch.log(probs.clamp_min(PROB_FLOOR)), torch.log((1 - probs).clamp_min(PROB_FLOOR))
+    positive = -alpha * (1 - probs) ** gamma * targets * log_p
+    negative = -(1 - alpha) * probs**gamma * (1 - targets) * log_q
+    return (positive + negative).flatten(1).mean(1)
+
+
+@pytest.mark.parametrize(("gamma", "alpha"), [(2.0, 0.25), (1.0, 0.6), (3.5, 0.1)])
+def test_focal_loss_and_its_gradient_equal_autograd_of_the_plain_formula(gamma, alpha):
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(3, 5, 7, generator=generator, dtype=torch.float64)
+    probs[0, 0, :4] = torch.tensor([0.0, 1.0, 1e-13, 1 - 1e-13], dtype=torch.float64)  # the clamp's region
+    targets = (torch.rand(3, 5, 7, generator=generator) > 0.6).double()
+    targets[2] = torch.rand(5, 7, generator=generator, dtype=torch.float64)  # soft targets too
+    weights = torch.rand(3, generator=generator, dtype=torch.float64)
+    results = []
+    for fn in (focal_loss, plain_focal):
+        leaf = probs.clone().requires_grad_()
+        loss = fn(leaf, targets, gamma, alpha)
+        (grad,) = torch.autograd.grad((loss * weights).sum(), leaf)
+        results.append((loss, grad))
+    (ours, our_grad), (reference, reference_grad) = results
+    assert torch.allclose(ours, reference, rtol=1e-12, atol=0)
+    assert torch.allclose(our_grad, reference_grad, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(our_grad).all()
+
+
+def test_focal_loss_refuses_gamma_below_one():
+    with pytest.raises(LossError, match="gamma=0.5: expected >= 1"):
+        focal_loss(torch.rand(1, 2, 2), torch.ones(1, 2, 2), gamma=0.5)
 
 
 def test_samples_without_a_mask_are_skipped():
