@@ -6,6 +6,7 @@ Not a test: it prints measurements.
     python scripts/bench.py --backbone vit_b16 --batch 8 --repeats 5
     python scripts/bench.py --backbone vit_l14_336 --image-size 336 --batch 32 --precision bf16 --device cuda
     python scripts/bench.py --patchcore                             # + PatchCore (conf/method/patchcore.yaml)
+    python scripts/bench.py --backbone vit_b16 --cache 1000 --skip inference,lfs,taps,train   # token cache
     python scripts/bench.py --sweep                                 # + one job's phase split, full sweep wall
 
 Sections (one table each; medians over --repeats, the variants of a table measured interleaved A/B/C per
@@ -16,8 +17,15 @@ repeat so that load drifts hit them alike):
                `LFS.statistic.has_fast_path(LFS.transform)` (`Statistic.fast` set, and for `energy`
                `WindowTransform.orthonormal`): fast filter, or unfold + transform; timed both ways;
   taps         per tap: FFE, LFS and the whole TapAdapter (dct and fft), on the tap's grid;
-  train        one Adam step from images (uncached) vs from pre-tap tokens (cached), images/s, peak memory;
+  train        one Adam step from images (uncached) vs from pre-tap tokens (cached), dct and fft, images/s,
+               peak memory;
   patchcore    bank size, feature extraction, greedy coreset selection, kNN scoring per image;
+  conv         `--conv`: the adapters' 3x3 convolution, nn.Conv2d vs Winograd F(2x2, 3x3) (what the CPU uses
+               from `feclip.model.winograd.MIN_CHANNELS`), widths 64 ... 1024 at the backbone's grid;
+  cache        `--cache N`: the disk token cache of N synthetic HDMAP-sized images filled through
+               `feclip.cache.frozen_features` (the job's path) in --cache-dtype: bytes per image, GB per 1000
+               images, and the peak RSS increase while filling against the entry's size (RSS sampled every
+               10 ms by a thread; memory-mapped pages written count as resident);
   sweep        one default_sweep job in-process with its phases timed by wrapping the job's functions
                (data, model build, token caching, training, evaluation, figures, tracking: self time,
                nested calls subtracted), then the full `run.py -m experiment=default_sweep` wall time.
@@ -34,10 +42,12 @@ import functools
 import json
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -317,10 +327,11 @@ def bench_taps(backbone, images, text, args, ctx) -> dict:
 
 
 def bench_train(backbone, images, text, args, ctx) -> dict:
-    """One Adam step from images vs from the pre-tap tokens (as feclip.methods.feclip.train does)."""
+    """One Adam step from images (uncached) vs from the pre-tap tokens (cached, as
+    feclip.methods.feclip.train does), for freq dct and fft: four variants measured interleaved."""
     device, autocast = ctx["device"], ctx["autocast"]
-    model = feclip_model(backbone, "dct", args.train_taps, text).to(device).train()
-    optimizer = torch.optim.Adam(model.param_groups(5e-4, 0.01))
+    models = {t: feclip_model(backbone, t, args.train_taps, text).to(device).train() for t in TRANSFORM_NAMES}
+    optimizers = {t: torch.optim.Adam(m.param_groups(5e-4, 0.01)) for t, m in models.items()}
     n = len(images)
     labels = (torch.arange(n) % 2).float().to(device)
     masks = torch.zeros(n, *images.shape[-2:], device=device)
@@ -328,47 +339,55 @@ def bench_train(backbone, images, text, args, ctx) -> dict:
     size = tuple(images.shape[-2:])
     grid = backbone.grid_size(size)
     with torch.inference_mode(), autocast():
-        tokens = model.pre_tap_tokens(images)
+        tokens = models["dct"].pre_tap_tokens(images)
     tokens = tokens.clone()  # out of inference mode, in its autocast dtype (the cache stores that)
 
-    def step(cached: bool) -> None:
+    def step(transform: str, cached: bool) -> None:
+        model = models[transform]
         with autocast():
             out = (
                 model.forward_from_tokens(tokens.float(), size, token_grid=grid) if cached else model(images)
             )
         loss = feclip_loss(out, labels, masks, has_mask)["total"]
-        optimizer.zero_grad(set_to_none=True)
+        optimizers[transform].zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimizers[transform].step()
 
-    times = interleaved({"uncached": lambda: step(False), "cached": lambda: step(True)}, device, args.repeats)
+    variants = {(t, c): functools.partial(step, t, c) for t in TRANSFORM_NAMES for c in (False, True)}
+    named = {f"{t}/{'cached' if c else 'uncached'}": fn for (t, c), fn in variants.items()}
+    times = interleaved(named, device, args.repeats)
     peaks = {}
-    for name, cached in (("uncached", False), ("cached", True)):
+    for name, fn in named.items():
         reset_peak(device)
-        step(cached)
+        fn()
         sync(device)
         peaks[name] = peak_mib(device) if device.type == "cuda" else None
+    first = models["dct"].taps[0]
     rows = []
-    for name in ("uncached", "cached"):
-        peak = "-" if peaks[name] is None else f"{peaks[name]:.0f} MiB"
+    for name, seconds in times.items():
+        transform, kind = name.split("/")
         what = (
             "from images (full forward)"
-            if name == "uncached"
-            else f"from pre-tap tokens (after block {model.taps[0]})"
+            if kind == "uncached"
+            else f"from pre-tap tokens (after block {first})"
         )
-        rows.append([what, f"{times[name]:.3f} s", f"{n / times[name]:.1f}", peak])
-    speedup = times["uncached"] / times["cached"]
+        peak = "-" if peaks[name] is None else f"{peaks[name]:.0f} MiB"
+        rows.append([transform, what, f"{seconds:.3f} s", f"{n / seconds:.1f}", peak])
+    speedup = times["dct/uncached"] / times["dct/cached"]
+    fft_over_dct = times["fft/cached"] / times["dct/cached"]
     table(
-        f"Training step ({ctx['label']}; taps {model.taps}; Adam, feclip_loss; "
-        f"cache speed-up {speedup:.2f}x)",
-        ["step", "time", "images/s", "peak (CUDA allocated)"],
+        f"Training step ({ctx['label']}; taps {models['dct'].taps}; Adam, feclip_loss; "
+        f"cache speed-up (dct) {speedup:.2f}x; cached fft / dct {fft_over_dct:.3f})",
+        ["freq", "step", "time", "images/s", "peak (CUDA allocated)"],
         rows,
     )
     return {
-        "taps": model.taps,
-        "s_uncached": times["uncached"],
-        "s_cached": times["cached"],
+        "taps": models["dct"].taps,
+        "s": times,
+        "s_uncached": times["dct/uncached"],
+        "s_cached": times["dct/cached"],
         "speedup": speedup,
+        "cached_fft_over_dct": fft_over_dct,
         "peak_mib": peaks,
     }
 
@@ -460,6 +479,152 @@ def bench_patchcore(args, ctx) -> dict:
         "map_s_per_image": times["map"] / n,
         "full_s_per_image": times["full"] / n,
     }
+
+
+# ------------------------------------------------------------------------------------------------- conv
+def bench_conv(args, ctx) -> dict:
+    """The adapters' 3x3 'same' convolution: nn.Conv2d vs Winograd F(2x2, 3x3), forward and forward +
+    backward, at the backbone's grid and batch, for widths 64 ... 1024 (where MIN_CHANNELS comes from)."""
+    from feclip.model.winograd import MIN_CHANNELS, winograd_conv3x3
+
+    device, (gh, gw) = ctx["device"], ctx["grid"]
+    rows, result = [], {}
+    for width in (64, 128, 256, 384, 512, 768, 1024):
+        conv = torch.nn.Conv2d(width, width, 3, padding="same").to(device)
+        grid = torch.randn(args.batch, gh, gw, width, device=device, requires_grad=True)
+
+        def direct(backward: bool, conv=conv, grid=grid):
+            out = conv(grid.permute(0, 3, 1, 2))
+            if backward:
+                out.sum().backward()
+
+        def winograd(backward: bool, conv=conv, grid=grid):
+            out = winograd_conv3x3(grid, conv.weight, conv.bias)
+            if backward:
+                out.sum().backward()
+
+        fns = {
+            f"{name}/{kind}": functools.partial(fn, kind == "fwd+bwd")
+            for name, fn in (("direct", direct), ("winograd", winograd))
+            for kind in ("fwd", "fwd+bwd")
+        }
+        times = interleaved(fns, device, args.repeats)
+        result[width] = times
+        rows.append(
+            [width]
+            + [ms(times[k]) for k in ("direct/fwd", "winograd/fwd", "direct/fwd+bwd", "winograd/fwd+bwd")]
+            + [
+                f"{times['direct/fwd'] / times['winograd/fwd']:.2f}x",
+                "yes" if width >= MIN_CHANNELS else "no",
+            ]
+        )
+    table(
+        f"3x3 'same' convolution, batch {args.batch}, grid {gh}x{gw}, {device.type} (the adapters use "
+        f"Winograd on the CPU from MIN_CHANNELS = {MIN_CHANNELS})",
+        ["width", "direct fwd", "Winograd fwd", "direct fwd+bwd", "Winograd fwd+bwd", "fwd speed-up", "used"],
+        rows,
+    )
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ cache
+class PeakRss:
+    """Peak resident set size of this process while the block runs, sampled every `interval_s` by a thread."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        import psutil
+
+        self.process, self.interval_s = psutil.Process(), interval_s
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def bench_cache(backbone, args, ctx) -> dict:
+    """Fill a fresh disk cache with the pre-tap tokens of --cache N raw HDMAP-sized maps (31 x 95, resized to
+    the model input as a job does) through `frozen_features`; its size and the RAM it took."""
+    from types import SimpleNamespace
+
+    from feclip.cache import frozen_features
+    from feclip.data.sets import labelled_set
+    from feclip.data.transforms import HDMAPInput
+    from feclip.runtime import Runtime
+
+    device, size, n = ctx["device"], ctx["size"], args.cache
+    model = feclip_model(backbone, "dct", args.taps, ctx["text"]).to(device).eval()
+    raw = torch.rand(n, 31, 95, generator=torch.Generator().manual_seed(0))
+    images = labelled_set(raw, torch.zeros(n), HDMAPInput(size))
+    method = SimpleNamespace(
+        name="feclip", caches_frozen=True, frozen_key=lambda: "bench", frozen=model.pre_tap_tokens
+    )
+    folder = Path(tempfile.mkdtemp(prefix="feclip_bench_cache_"))
+    rt = Runtime(
+        device,
+        args.precision,
+        batch_size=args.batch,
+        cache="disk",
+        cache_dir=folder,
+        cache_dtype=args.cache_dtype,
+    )
+    start = time.perf_counter()
+    with PeakRss() as rss:
+        frozen = frozen_features(method, images, rt)
+    seconds = time.perf_counter() - start
+    stored = sum(f.stat().st_size for f in folder.glob("*.npy"))
+    per_image = stored / n
+    grown = rss.peak - rss.start
+    result = {
+        "images": n,
+        "first_tap": model.taps[0],
+        "tokens_shape": list(frozen.features.shape[1:]),
+        "dtype": str(frozen.features.dtype).removeprefix("torch."),
+        "bytes": stored,
+        "bytes_per_image": per_image,
+        "gb_per_1000_images": per_image * 1000 / 1e9,
+        "peak_rss_increase_bytes": grown,
+        "peak_rss_increase_over_size": grown / stored,
+        "fill_s": seconds,
+        "folder": str(folder),
+    }
+    table(
+        f"Token cache ({ctx['label']}; {n} images; tokens after block {model.taps[0]}, "
+        f"{tuple(frozen.features.shape[1:])} per image, stored {result['dtype']})",
+        [
+            "entry size",
+            "per image",
+            "per 1000 images",
+            "peak RSS increase while filling",
+            "increase / size",
+            "fill",
+        ],
+        [
+            [
+                f"{stored / 1e9:.3f} GB",
+                f"{per_image / 1e6:.3f} MB",
+                f"{result['gb_per_1000_images']:.3f} GB",
+                f"{grown / 1e9:.3f} GB",
+                f"{grown / stored:.2f}",
+                f"{seconds:.1f} s",
+            ]
+        ],
+    )
+    del frozen
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ sweep
@@ -641,10 +806,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--no-full-sweep", action="store_true", help="with --sweep: only the one-job phase split"
     )
+    parser.add_argument(
+        "--cache", type=int, default=0, help="also fill a disk token cache with N images and measure it"
+    )
+    parser.add_argument(
+        "--conv", action="store_true", help="also time the 3x3 convolution: direct vs Winograd, by width"
+    )
+    parser.add_argument(
+        "--cache-dtype", default="bf16", choices=["auto", "fp32", "bf16"], help="storage dtype for --cache"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.repeats < 1 or args.patchcore_train < 1:
-        raise BenchError("--batch, --repeats and --patchcore-train must be >= 1")
+    if args.batch < 1 or args.repeats < 1 or args.patchcore_train < 1 or args.cache < 0:
+        raise BenchError("--batch, --repeats and --patchcore-train must be >= 1, --cache >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda but torch sees no CUDA device")
     if args.precision == "bf16" and args.device == "cpu":
@@ -678,7 +852,8 @@ def run(args: argparse.Namespace) -> dict:
     label = (
         f"{spec['name']} {weights}, {size[0]}x{size[1]}, batch {args.batch}, {args.precision}, {device.type}"
     )
-    ctx = {"device": device, "autocast": autocast, "label": label}
+    ctx = {"device": device, "autocast": autocast, "label": label, "size": size}
+    ctx["grid"] = backbone.grid_size(size)
     print(f"# FE-CLIP bench: {label}")
     print(f"machine: {machine}; torch {torch.__version__}; repeats {args.repeats} (median, interleaved)")
     if weights.startswith("random"):
@@ -700,6 +875,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, *size, device=device)
     text = torch.nn.functional.normalize(torch.randn(2, backbone.embed_dim, device=device), dim=-1)
+    ctx["text"] = text
     if "inference" not in args.skip:
         results["inference"] = bench_inference(backbone, images, text, args, ctx)
     if "lfs" not in args.skip:
@@ -712,6 +888,10 @@ def run(args: argparse.Namespace) -> dict:
         print(f"\npeak memory: {peak_mib(device):.0f} MiB ({peak_label(device)})")
     else:
         results["cuda_peak_mib_total"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.conv:
+        results["conv"] = bench_conv(args, ctx)
+    if args.cache:
+        results["cache"] = bench_cache(backbone, args, ctx)
     if args.patchcore:
         results["patchcore"] = bench_patchcore(args, ctx)
     if args.sweep:
