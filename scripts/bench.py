@@ -24,8 +24,9 @@ repeat so that load drifts hit them alike):
                from `feclip.model.winograd.MIN_CHANNELS`), widths 64 ... 1024 at the backbone's grid;
   cache        `--cache N`: the disk token cache of N synthetic HDMAP-sized images filled through
                `feclip.cache.frozen_features` (the job's path) in --cache-dtype: bytes per image, GB per 1000
-               images, and the peak RSS increase while filling against the entry's size (RSS sampled every
-               10 ms by a thread; memory-mapped pages written count as resident);
+               images, and the peak RSS increase while filling (RSS sampled every 10 ms by a thread;
+               memory-mapped pages written count as resident) less one batch's forward measured alone (the
+               model's transient activations, GPU memory on CUDA): the cache's own RAM against its size;
   sweep        one default_sweep job in-process with its phases timed by wrapping the job's functions
                (data, model build, token caching, training, evaluation, figures, tracking: self time,
                nested calls subtracted), then the full `run.py -m experiment=default_sweep` wall time.
@@ -217,7 +218,7 @@ def bench_inference(backbone, images, text, args, ctx) -> dict:
                 backbone.run_blocks(backbone.embed(images), 0, backbone.num_blocks)[:, 0]
             )
         }
-    fns |= {t: functools.partial(m, images) for t, m in models.items()}
+    fns |= {t: functools.partial(m, images, per_tap_maps=False) for t, m in models.items()}  # as inference
     peaks = {}
     with torch.inference_mode(), autocast():
         times = interleaved(fns, device, args.repeats)
@@ -580,13 +581,17 @@ def bench_cache(backbone, args, ctx) -> dict:
         cache_dir=folder,
         cache_dtype=args.cache_dtype,
     )
+    with torch.inference_mode(), PeakRss() as one_batch:  # the forward's own transient memory, alone
+        method.frozen(images.inputs(torch.arange(min(n, args.batch)), device))
     start = time.perf_counter()
     with PeakRss() as rss:
         frozen = frozen_features(method, images, rt)
     seconds = time.perf_counter() - start
     stored = sum(f.stat().st_size for f in folder.glob("*.npy"))
     per_image = stored / n
+    activations = one_batch.peak - one_batch.start
     grown = rss.peak - rss.start
+    cache_ram = grown - activations  # what the cache itself holds: on CUDA the activations are GPU memory
     result = {
         "images": n,
         "first_tap": model.taps[0],
@@ -596,7 +601,9 @@ def bench_cache(backbone, args, ctx) -> dict:
         "bytes_per_image": per_image,
         "gb_per_1000_images": per_image * 1000 / 1e9,
         "peak_rss_increase_bytes": grown,
-        "peak_rss_increase_over_size": grown / stored,
+        "one_batch_forward_rss_bytes": activations,
+        "cache_ram_bytes": cache_ram,
+        "cache_ram_over_size": cache_ram / stored,
         "fill_s": seconds,
         "folder": str(folder),
     }
@@ -607,8 +614,10 @@ def bench_cache(backbone, args, ctx) -> dict:
             "entry size",
             "per image",
             "per 1000 images",
-            "peak RSS increase while filling",
-            "increase / size",
+            "peak RSS increase while filling (A)",
+            "one batch's forward alone (B)",
+            "A - B (the cache's RAM)",
+            "(A - B) / size",
             "fill",
         ],
         [
@@ -617,7 +626,9 @@ def bench_cache(backbone, args, ctx) -> dict:
                 f"{per_image / 1e6:.3f} MB",
                 f"{result['gb_per_1000_images']:.3f} GB",
                 f"{grown / 1e9:.3f} GB",
-                f"{grown / stored:.2f}",
+                f"{activations / 1e9:.3f} GB",
+                f"{cache_ram / 1e9:.3f} GB",
+                f"{cache_ram / stored:.2f}",
                 f"{seconds:.1f} s",
             ]
         ],

@@ -202,4 +202,4 @@ class TapAdapter(nn.Module):
             return grid
         with torch.autocast(grid.device.type, enabled=False):
             update = sum(branch(grid) for branch in self.branches.values())
-            return self.lam * update + (1.0 - self.lam) * grid.float()
+            return torch.lerp(grid.float(), update, self.lam)  # (1 - lam) grid + lam update, one pass

@@ -30,6 +30,8 @@ from torch import nn
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
+# the entry (a, a) of the 4x4 product M that A^T M A adds with weight 1 to every output of the tile
+_BIAS_ENTRY = next(5 * a for a in range(4) if _AT[0][a] == _AT[1][a] == 1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,12 +44,12 @@ def _matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _combine(parts: list[torch.Tensor], coefficients: tuple[int, ...]) -> torch.Tensor:
-    """sum_k coefficients[k] * parts[k] over the non-zero coefficients (all +-1 in B^T)."""
-    total = None
-    for c, part in zip(coefficients, parts, strict=True):
-        if c:
-            term = part if c > 0 else -part
-            total = term if total is None else total + term
+    """sum_k coefficients[k] * parts[k] for coefficients in {-1, 0, 1} (B^T's): one add or subtract per term
+    after the first positive one."""
+    terms = sorted((c, k) for k, c in enumerate(coefficients) if c)[::-1]  # positive terms first
+    total = parts[terms[0][1]] if terms[0][0] > 0 else -parts[terms[0][1]]
+    for c, k in terms[1:]:
+        total = total + parts[k] if c > 0 else total - parts[k]
     return total
 
 
@@ -88,9 +90,10 @@ def winograd_conv3x3(
     v = _input_tiles(padded, th, tw)  # (16, B th tw, Cin)
     u = winograd_filters(weight) if filters is None else filters
     m = torch.bmm(v, u.transpose(1, 2))  # (16, B th tw, Cout): 16 products per tile and channel pair
+    if bias is not None:  # A^T M A adds entry (1, 1) of M to all four outputs: the bias goes there, 1/16 pass
+        m[_BIAS_ENTRY] += bias.float()
     y = (tile_out @ m.flatten(1)).view(2, 2, batch, th, tw, cout)  # (row, col, B, th, tw, Cout)
-    out = y.permute(2, 3, 0, 4, 1, 5).reshape(batch, 2 * th, 2 * tw, cout)[:, :h, :w]
-    return out if bias is None else out + bias.float()
+    return y.permute(2, 3, 0, 4, 1, 5).reshape(batch, 2 * th, 2 * tw, cout)[:, :h, :w]
 
 
 # Below MIN_CHANNELS the ~50 small tensor ops cost more than the products saved: the crossover measured on
