@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -168,20 +169,28 @@ def git_tags() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "feclip.git_dirty": str(bool(changes)).lower()}
 
 
-def study_tables(sweep_dir: Path) -> dict:
-    """{metric: variant x domain table} of the sweep's finished HDMAP jobs, from their folders; written to
-    `<sweep dir>/report` (report.md + one CSV per metric + runs.csv). {} when no HDMAP job finished."""
+@dataclass
+class Study:
+    """A sweep's finished HDMAP jobs: `tables` {metric: variant x domain table}, `runs` one row per job (None
+    when no HDMAP job finished, and then `tables` is empty)."""
+
+    tables: dict = field(default_factory=dict)
+    runs: pd.DataFrame | None = None
+
+
+def study(sweep_dir: Path) -> Study:
+    """The study of the sweep's job folders, written to `<sweep dir>/report` (report.md + one CSV per metric +
+    runs.csv) when there is one."""
     runs = folder_runs(sweep_dir)
     runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
     metrics = [m for m in STUDY_METRICS if m in runs.columns and runs[m].notna().any()]
     if runs.empty or not metrics:
-        return {}
+        return Study()
     tables = {metric: variant_domain_table(runs, metric) for metric in metrics}
     for table in tables.values():
         table.attrs["experiment"] = sweep_id_for(sweep_dir)
     write_report(tables, Path(sweep_dir) / REPORT_DIR, runs)
-    tables["runs"] = runs
-    return tables
+    return Study(tables, runs)
 
 
 def variant_means(runs) -> dict[str, float]:
@@ -236,15 +245,15 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     """Count the jobs, end the parent run (when tracked and still running), print the closing lines."""
     outcome = sweep_outcome(Path(sweep_dir))
     LAST_SWEEP[:] = [outcome]
-    tables = study_tables(Path(sweep_dir))
-    status, url = end_parent_run(sweep_dir, outcome, tables, aborted=aborted)
+    found = study(Path(sweep_dir))
+    status, url = end_parent_run(sweep_dir, outcome, found, aborted=aborted)
     counts = ", ".join(f"{n} {name.replace('_', '-')}" for name, n in outcome.counts.items() if n)
     print(
         f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}"
         + (f" (parent run {status})" if status else "")
     )
-    if "auroc" in tables:
-        print(study_summary(tables["auroc"], Path(sweep_dir) / REPORT_DIR))
+    if "auroc" in found.tables:
+        print(study_summary(found.tables["auroc"], Path(sweep_dir) / REPORT_DIR))
     if url:
         print(f"  parent run: {url}")
     for record in outcome.failed:
@@ -263,7 +272,7 @@ def study_summary(table, report_dir: Path) -> str:
 
 
 def end_parent_run(
-    sweep_dir: str | Path, outcome: SweepOutcome, tables: dict | None = None, aborted: bool = False
+    sweep_dir: str | Path, outcome: SweepOutcome, found: Study | None = None, aborted: bool = False
 ) -> tuple[str | None, str | None]:
     """End the sweep's parent run if it is still running: FINISHED when every job finished or was skipped
     and none is missing, else FAILED; the counts become `feclip.children_<status>` tags, the study (report
@@ -277,7 +286,7 @@ def end_parent_run(
     try:
         with fast_http(5):
             client = client_for(uri)
-            log_study(client, record["run_id"], Path(sweep_dir), tables or {})
+            log_study(client, record["run_id"], Path(sweep_dir), found or Study())
             status = close_parent(client, record["run_id"], outcome, aborted)
             url = run_url(uri, client.get_run(record["run_id"]).info.experiment_id, record["run_id"])
     except Exception as error:  # the store may be gone: the sweep's results are in its folders
@@ -290,7 +299,7 @@ def end_parent_run(
     return status, url + (f"  (serve the UI first: {command})" if command else "")
 
 
-def log_study(client, run_id: str, sweep_dir: Path, tables: dict) -> None:
+def log_study(client, run_id: str, sweep_dir: Path, found: Study) -> None:
     """The parent run carries the study: report tables, per-variant means, the sweep's multirun.yaml."""
     if client.get_run(run_id).info.status != "RUNNING":
         return
@@ -298,11 +307,11 @@ def log_study(client, run_id: str, sweep_dir: Path, tables: dict) -> None:
         client.log_artifacts(run_id, str(sweep_dir / REPORT_DIR), REPORT_DIR)
     if (sweep_dir / "multirun.yaml").exists():
         client.log_artifact(run_id, str(sweep_dir / "multirun.yaml"))
-    if "runs" in tables:
+    if found.runs is not None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in variant_means(tables["runs"]).items()]
+        metrics = [Metric(k, v, now, 0) for k, v in variant_means(found.runs).items()]
         client.log_batch(run_id, metrics=metrics)
 
 

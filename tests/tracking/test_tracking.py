@@ -1,6 +1,7 @@
 """feclip.tracking: URIs and their checks, Tracker runs, the Hydra sweep parent run, run names; on a tmp
 sqlite store, a real `mlflow server` and one real Hydra multirun."""
 
+import atexit
 import json
 import os
 import socket
@@ -282,7 +283,9 @@ def test_sweep_counts_jobs_that_never_started(store, tmp_path, capsys):
 
 
 def test_sweep_disabled_creates_no_parent_run(store, tmp_path):
-    MlflowSweepCallback().on_multirun_start(_sweep_config(store, tmp_path, "sweep_off", enabled=False))
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(_sweep_config(store, tmp_path, "sweep_off", enabled=False))
+    atexit.unregister(callback._exit_hook)  # the sweep is not ended here: no end-of-session report for it
     sweep_dir = tmp_path / "multirun/2025-01-01/12-00-00"
     assert json.loads((sweep_dir / "sweep.json").read_text())["jobs"] == 2  # the local record is kept
     assert tracking.parent_run_id_for_sweep(sweep_dir) is None
