@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from feclip.data.sets import ImageSet
 from feclip.errors import FeclipError
+from feclip.progress import progress
 from feclip.registry import choices
 from feclip.runtime import Runtime
 
@@ -75,7 +75,7 @@ def cache_key(frozen_key: str, images: ImageSet, *, precision: str, device: str,
 
 
 def _batches(images: ImageSet, rt: Runtime):
-    for start in tqdm(range(0, len(images), rt.batch_size), desc="frozen features", unit="batch"):
+    for start in progress(range(0, len(images), rt.batch_size), "frozen features", unit="batch"):
         yield torch.arange(start, min(start + rt.batch_size, len(images)))
 
 

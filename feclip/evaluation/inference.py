@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from feclip.data.hdmap import HDMAPData
 from feclip.data.sets import ImageSet
 from feclip.errors import FeclipError
 from feclip.evaluation.metrics import hdmap_metrics, pixel_auroc
 from feclip.methods.base import Method, MethodOutput
+from feclip.progress import progress
 from feclip.runtime import Runtime
 
 # (out, index) -> (score (B,), map (B, h, w), extra per-image columns): reference banks and gates hook in here
@@ -69,7 +69,7 @@ def predict(
     method.model.eval()
     parts: dict[str, list] = {"scores": [], "map_max": [], "map_topk": [], "maps": []}
     extras: dict[str, list] = {}
-    for index in tqdm(torch.arange(len(images)).split(rt.batch_size), desc="predict", leave=False):
+    for index in progress(torch.arange(len(images)).split(rt.batch_size), "predict", leave=False):
         with rt.autocast():
             if frozen is None:
                 out = method.forward(images.inputs(index, rt.device))

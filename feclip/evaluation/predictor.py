@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm import tqdm
 
 from feclip.condition.aware import ReferenceScorer
 from feclip.condition.banks import ReferenceBank
@@ -39,6 +38,7 @@ from feclip.errors import FeclipError
 from feclip.evaluation import calibration, plots
 from feclip.methods.base import Method
 from feclip.methods.registry import METHODS
+from feclip.progress import progress
 from feclip.runtime import Runtime
 
 PREDICTOR_FILE = "predictor.json"
@@ -197,7 +197,7 @@ def predict_files(
     """One row per file: path, status, score, map_max, decision, zscore (and gate); streamed in batches."""
     threshold = calibration.threshold(predictor.record, operating_point)
     rows = []
-    for start in tqdm(range(0, len(files), rt.batch_size), desc="predict", unit="batch"):
+    for start in progress(range(0, len(files), rt.batch_size), "predict", unit="batch"):
         read = [(path, *_read(path, predictor.image_shape)) for path in files[start : start + rt.batch_size]]
         for shape in {image.shape for _, image, _ in read if image is not None}:
             group = [

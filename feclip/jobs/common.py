@@ -23,6 +23,7 @@ from feclip.cache import size_bytes
 from feclip.data.sources import AUX_SOURCES
 from feclip.evaluation.metrics import MetricWarning
 from feclip.methods.registry import METHODS
+from feclip.progress import job_label
 from feclip.tracking.local import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -291,7 +292,7 @@ def tracked_job(
     )
     error, metrics, record = None, {}, None
     try:
-        with signals_as_exceptions(), metric_warnings() as notes, tracker:
+        with signals_as_exceptions(), metric_warnings() as notes, job_label(job.run_name), tracker:
             update_run(output_dir, run_id=tracker.run_id)
             tracker.log_params(tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
             flag = random_init(cfg)

@@ -12,13 +12,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from feclip.cache import Frozen
 from feclip.data.sets import ImageSet
 from feclip.errors import FeclipError
 from feclip.model.feclip import FEClip, FEClipOutput
 from feclip.model.losses import feclip_loss
+from feclip.progress import progress
 from feclip.runtime import Runtime
 
 
@@ -69,7 +69,7 @@ def train(
     for epoch in range(cfg.epochs):
         sums: dict[str, float] = defaultdict(float)
         batches = torch.randperm(len(data), generator=order).split(cfg.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
+        bar = progress(batches, f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
         seen = 0
         for step, index in enumerate(bar, start=1):
             batch = data.batch(index, device, image_size, inputs=tokens is None)
