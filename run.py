@@ -16,12 +16,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from feclip.errors import FeclipError
-from feclip.jobs.run import main
-from feclip.tracking.sweep import sweep_exit_code
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def entry(cfg: DictConfig) -> float | None:
+    # imported here, after Hydra composed the config: torch, open_clip and mlflow take seconds to import, and
+    # a mistyped override (freq=fftt, model.lamda=...) is reported before any of that
+    from feclip.jobs.run import main
+
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return main(cfg)
@@ -38,4 +40,6 @@ def entry(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     entry()
+    from feclip.tracking.sweep import sweep_exit_code
+
     raise SystemExit(sweep_exit_code())
