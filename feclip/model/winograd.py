@@ -3,16 +3,15 @@
 The LFS and Conv adapters' Conv2d(D, D, 3, padding='same') is most of an adapter's cost (9 D^2 multiply-adds
 per token). F(2x2, 3x3) computes every 2x2 output tile from a 4x4 input tile with 16 instead of 36 products
 per channel pair: the channel mixing becomes 16 matrix products of (tiles, D) x (D, D), 2.25x fewer
-multiply-adds.
-With the tile d (4x4), the filter g (3x3) and
+multiply-adds. With the tile d (4x4), the filter g (3x3) and
 
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
 
 one output tile is Y = A^T [(G g G^T) * (B^T d B)] A summed over input channels: the same cross-correlation as
-`F.conv2d` in exact arithmetic (float32: differences of a few 1e-6, tested). Everything is a pad, an unfold, a
-permute or a matmul, so autograd gives the gradients (their products are Winograd-sized too).
+`F.conv2d` in exact arithmetic (float32: differences of a few 1e-6, tested). Everything is a pad, strided
+slices, sums, a stack or a matmul, so autograd gives the gradients (their products are Winograd-sized too).
 
 `same_conv(conv, grid)` uses it on the CPU for >= MIN_CHANNELS channels (ViT-B/16 and ViT-L/14 widths), where
 PyTorch's convolution runs at the direct (36-product) cost; on CUDA, cuDNN chooses its own algorithm (Winograd

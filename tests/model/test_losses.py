@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from feclip.model.feclip import FEClipOutput
-from feclip.model.losses import PROB_FLOOR, LossError, dice_loss, feclip_loss, focal_loss
+from feclip.model.losses import PROB_FLOOR, LossError, bce, dice_loss, feclip_loss, focal_loss
 
 
 def output(tap_scores, tap_maps, map_kind="prob"):
@@ -87,6 +87,14 @@ def test_focal_loss_and_its_gradient_equal_autograd_of_the_plain_formula(gamma, 
     assert torch.allclose(ours, reference, rtol=1e-12, atol=0)
     assert torch.allclose(our_grad, reference_grad, rtol=1e-10, atol=1e-12)
     assert torch.isfinite(our_grad).all()
+
+
+def test_bce_gradient_is_the_analytic_one():
+    probs = torch.tensor([0.1, 0.4, 0.8, 0.95], dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(bce(probs, targets).sum(), probs)
+    p = probs.detach()
+    assert torch.allclose(grad, -targets / p + (1 - targets) / (1 - p), rtol=1e-12)
 
 
 def test_focal_loss_refuses_gamma_below_one():
