@@ -40,7 +40,7 @@ finish() {
         if [ -f "${LOG_DIR}/pytest.log" ]; then echo "--- pytest"; tail -n 3 "${LOG_DIR}/pytest.log"; fi
         if [ -f "${LOG_DIR}/bench.log" ]; then
             echo "--- bench (${LOG_DIR}/bench.json)"
-            grep -E '^(# |weights:|machine:|## |\| (plain|FE-CLIP|from|mean|abs|energy|dct|fft|[0-9.]+ GB) )' "${LOG_DIR}/bench.log" || true
+            grep -E '^(# |weights:|machine:|## |\| (plain|FE-CLIP|from|mean|abs|energy|dct|fft|bank|feature|greedy|kNN|anomaly|full|[0-9.]+ GB) )' "${LOG_DIR}/bench.log" || true
         fi
         if [ -f "${LOG_DIR}/sweep.log" ]; then echo "--- smoke sweep"; tail -n 5 "${LOG_DIR}/sweep.log"; fi
         echo "===== end ====="
