@@ -34,6 +34,7 @@ nn.Conv2d (cuDNN) on CUDA.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,22 +119,36 @@ class FFE(nn.Module):
         _check_grid(grid, self.width, "FFE")
         batch, gh, gw, width = grid.shape
         ph, pw = self.window
+        rows, cols = -(-gh // ph), -(-gw // pw)
         with torch.autocast(grid.device.type, enabled=False):
             # W (T x) + b = T (x W^T) + b: the channel Linear commutes with the window transform T (and with
             # the replicate padding), so it runs once per token instead of once per coefficient (twice as many
             # for the FFT's real and imaginary parts); the bias is added to every coefficient, then GELU
             mixed = F.linear(grid.float(), self.linear.weight)
-            maps = replicate_pad(mixed.permute(0, 3, 1, 2), 0, -gh % ph, 0, -gw % pw)
-            rows, cols = maps.shape[-2] // ph, maps.shape[-1] // pw
-            # (B, D, rows*ph, cols*pw) -> windows (B, rows, cols, ph, pw, D)
-            windows = maps.reshape(batch, width, rows, ph, cols, pw).permute(0, 2, 4, 3, 5, 1)
-            coeffs = self.act(self.transform(windows) + self.linear.bias)
-            out = (
-                self.transform.inverse(coeffs)
-                .permute(0, 1, 3, 2, 4, 5)
-                .reshape(batch, rows * ph, cols * pw, width)
-            )
-        return out[:, :gh, :gw]
+            at_row, at_col = _window_positions(gh, gw, self.window, grid.device)
+            windows = mixed[:, at_row, at_col].flatten(
+                2
+            )  # (B, ph pw, windows D): padding + windowing at once
+            bias = self.linear.bias.repeat(rows * cols)  # on every coefficient, added by the product below
+            coeffs = torch.baddbmm(bias, self.transform.basis.flatten(0, 1).expand(batch, -1, -1), windows)
+            out = self.transform.inverse_basis @ self.act(coeffs)  # (B, ph pw, windows D)
+            out = out.view(batch, ph, pw, rows, cols, width).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(batch, rows * ph, cols * pw, width)[:, :gh, :gw]
+
+
+@functools.lru_cache(maxsize=64)
+def _window_positions(gh: int, gw: int, window: tuple[int, int], device: torch.device):
+    """(row, col) indices (ph pw, windows) of FFE's non-overlapping windows on a (gh, gw) grid,
+    replicate-padded at the bottom and right to whole windows: position k = i pw + j of window
+    n = r cols + c is grid cell (min(r ph + i, gh - 1), min(c pw + j, gw - 1))."""
+    ph, pw = window
+    rows, cols = -(-gh // ph), -(-gw // pw)
+    with torch.inference_mode(False):  # cached: usable by autograd after inference calls
+        i, j = torch.arange(ph).repeat_interleave(pw), torch.arange(pw).repeat(ph)  # (ph pw,)
+        r, c = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)  # (windows,)
+        at_row = (r[None] * ph + i[:, None]).clamp_max(gh - 1)
+        at_col = (c[None] * pw + j[:, None]).clamp_max(gw - 1)
+        return at_row.to(device), at_col.to(device)
 
 
 class LFS(nn.Module):

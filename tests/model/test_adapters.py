@@ -64,6 +64,20 @@ def test_ffe_with_identity_linear_and_no_gelu_is_identity(transform, window):
     assert (identity_ffe(6, window, transform)(grid) - grid).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+def test_ffe_trains_after_running_in_inference_mode(transform):
+    """Its cached window indices come from an inference call first; the training step must still work."""
+    ffe = FFE(6, (3, 3), transform)
+    grid = torch.randn(2, 11, 13, 6)  # a grid size no other test uses: the cache entry is made here
+    with torch.inference_mode():
+        expected = ffe(grid)
+    leaf = grid.clone().requires_grad_()
+    out = ffe(leaf)
+    out.square().sum().backward()
+    assert torch.equal(out.detach(), expected) and torch.isfinite(leaf.grad).all()
+    assert ffe.linear.weight.grad is not None
+
+
 def test_ffe_mixes_only_inside_windows():
     ffe = FFE(4, (3, 3), "dct")
     grid = torch.randn(1, 6, 6, 4)
