@@ -126,9 +126,8 @@ class FFE(nn.Module):
             # for the FFT's real and imaginary parts); the bias is added to every coefficient, then GELU
             mixed = F.linear(grid.float(), self.linear.weight)
             at_row, at_col = _window_positions(gh, gw, self.window, grid.device)
-            windows = mixed[:, at_row, at_col].flatten(
-                2
-            )  # (B, ph pw, windows D): padding + windowing at once
+            # one gather does the padding and the windowing: (B, ph pw, windows D)
+            windows = mixed[:, at_row, at_col].flatten(2)
             bias = self.linear.bias.repeat(rows * cols)  # on every coefficient, added by the product below
             coeffs = torch.baddbmm(bias, self.transform.basis.flatten(0, 1).expand(batch, -1, -1), windows)
             out = self.transform.inverse_basis @ self.act(coeffs)  # (B, ph pw, windows D)
