@@ -4,6 +4,7 @@ frozen-feature cache, passed whole (`rt`) to every function that runs a model.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,3 +70,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def cached_constants(maxsize: int = 64):
+    """Decorator: memoise a function that builds constant tensors from hashable arguments (sizes, a device).
+    They are built outside inference mode and without autograd, so tensors first made during an inference
+    call still serve a later training step (an inference tensor cannot be saved for backward)."""
+
+    def wrap(build):
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args):
+            with torch.inference_mode(False), torch.no_grad():
+                return build(*args)
+
+        return cached
+
+    return wrap

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import compose
 
-from feclip.runtime import DeviceError, runtime
+from feclip.runtime import DeviceError, cached_constants, runtime
 
 
 def test_cuda_request_without_a_gpu_is_an_error(monkeypatch):
@@ -30,3 +30,19 @@ def test_cuda_runtime_autocasts_to_bf16():
     with rt.autocast():
         x = torch.ones(4, 4, device="cuda")
         assert (x @ x).dtype == torch.bfloat16
+
+
+def test_cached_constants_are_memoised_and_serve_autograd_after_an_inference_call():
+    calls = []
+
+    @cached_constants()
+    def ramp(n: int) -> torch.Tensor:
+        calls.append(n)
+        return torch.arange(n, dtype=torch.float32)
+
+    with torch.inference_mode():
+        first = ramp(3)
+    x = torch.ones(3, requires_grad=True)
+    (x * ramp(3)).sum().backward()  # saving an inference tensor for backward would raise here
+    assert ramp(3) is first and calls == [3] and not first.is_inference()
+    assert torch.equal(x.grad, torch.arange(3.0))

@@ -34,7 +34,6 @@ nn.Conv2d (cuDNN) on CUDA.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +45,7 @@ from feclip.errors import FeclipError
 from feclip.model.frequency import TRANSFORMS, WindowTransform, check_window
 from feclip.model.winograd import same_conv
 from feclip.registry import Registry
+from feclip.runtime import cached_constants
 
 
 class AdapterError(FeclipError):
@@ -135,19 +135,18 @@ class FFE(nn.Module):
         return out.reshape(batch, rows * ph, cols * pw, width)[:, :gh, :gw]
 
 
-@functools.lru_cache(maxsize=64)
+@cached_constants()
 def _window_positions(gh: int, gw: int, window: tuple[int, int], device: torch.device):
     """(row, col) indices (ph pw, windows) of FFE's non-overlapping windows on a (gh, gw) grid,
     replicate-padded at the bottom and right to whole windows: position k = i pw + j of window
     n = r cols + c is grid cell (min(r ph + i, gh - 1), min(c pw + j, gw - 1))."""
     ph, pw = window
     rows, cols = -(-gh // ph), -(-gw // pw)
-    with torch.inference_mode(False):  # cached: usable by autograd after inference calls
-        i, j = torch.arange(ph).repeat_interleave(pw), torch.arange(pw).repeat(ph)  # (ph pw,)
-        r, c = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)  # (windows,)
-        at_row = (r[None] * ph + i[:, None]).clamp_max(gh - 1)
-        at_col = (c[None] * pw + j[:, None]).clamp_max(gw - 1)
-        return at_row.to(device), at_col.to(device)
+    i, j = torch.arange(ph).repeat_interleave(pw), torch.arange(pw).repeat(ph)  # (ph pw,)
+    r, c = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)  # (windows,)
+    at_row = (r[None] * ph + i[:, None]).clamp_max(gh - 1)
+    at_col = (c[None] * pw + j[:, None]).clamp_max(gw - 1)
+    return at_row.to(device), at_col.to(device)
 
 
 class LFS(nn.Module):

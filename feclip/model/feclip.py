@@ -30,7 +30,6 @@ caller's autocast.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -45,6 +44,7 @@ from feclip.model.adapters import FFE, LFS, LFS_STATISTICS, ConvAdapter, TapAdap
 from feclip.model.backbone import ClipBackbone
 from feclip.model.frequency import TRANSFORMS, check_window
 from feclip.registry import Registry, choices
+from feclip.runtime import cached_constants
 
 TAP_PRESETS = Registry("tap preset", key="model.taps")
 SCORES = choices("image score", "model.score", ("cls", "cls+max_map"))
@@ -247,13 +247,12 @@ def build_tap_adapter(cfg: FEClipConfig, width: int) -> TapAdapter:
     return TapAdapter(branches, cfg.lam)
 
 
-@functools.lru_cache(maxsize=64)
+@cached_constants()
 def bilinear_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     """(n_out, n_in) float32: one axis of `F.interpolate(mode='bilinear', align_corners=False)` as a matrix,
     column j = the interpolated unit vector e_j (derived from F.interpolate itself, not re-derived)."""
-    with torch.inference_mode(False), torch.no_grad():  # cached: usable by autograd after inference calls
-        eye = torch.eye(n_in, device=device)[None, None]
-        return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
+    eye = torch.eye(n_in, device=device)[None, None]
+    return F.interpolate(eye, size=(n_out, n_in), mode="bilinear", align_corners=False)[0, 0]
 
 
 def upsample(maps: torch.Tensor, size) -> torch.Tensor:

@@ -20,11 +20,11 @@ and FFT among them), so `conv` itself runs there, and so it does for narrow (tin
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from feclip.runtime import cached_constants
 
 _BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
@@ -33,13 +33,12 @@ _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _BIAS_ENTRY = next(5 * a for a in range(4) if _AT[0][a] == _AT[1][a] == 1)
 
 
-@functools.lru_cache(maxsize=8)
+@cached_constants(maxsize=8)
 def _matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """kron(G, G) (16, 9) and kron(A^T, A^T) (4, 16), float32: the 2-D transforms of a row-major flattened
     filter and of an output tile."""
-    with torch.inference_mode(False), torch.no_grad():  # cached: usable by autograd after inference calls
-        g, at = (torch.tensor(m, dtype=torch.float32, device=device) for m in (_G, _AT))
-        return torch.kron(g, g), torch.kron(at, at)
+    g, at = (torch.tensor(m, dtype=torch.float32, device=device) for m in (_G, _AT))
+    return torch.kron(g, g), torch.kron(at, at)
 
 
 def _combine(parts: list[torch.Tensor], coefficients: tuple[int, ...]) -> torch.Tensor:
