@@ -30,11 +30,19 @@ def _cfg(overrides: list[str]):
     return compose(*overrides)
 
 
+def _train(tmp: Path, name: str, overrides: list[str]) -> Path:
+    """One train_eval job into `tmp/train` (the checkpoint the tests predict with); returns tmp."""
+    main(_cfg(overrides), tmp / "train", JobInfo(name, name))
+    return tmp
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """1 epoch on synthetic domain C (1000 train normals: 100 held out for calibration), 500 + 500 test."""
     tmp = tmp_path_factory.mktemp("predict")
-    cfg = _cfg(
+    return _train(
+        tmp,
+        "train",
         [
             "domain=C",
             f"data.root={tmp / 'hdmap'}",
@@ -46,10 +54,8 @@ def trained(tmp_path_factory):
             f"cache_dir={tmp / 'cache'}",
             "eval.figures=false",
             "eval.calibration.operating_point=p99",
-        ]
+        ],
     )
-    main(cfg, tmp / "train", JobInfo("train", "train"))
-    return tmp
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +226,9 @@ def test_upper_case_tiff_files_are_listed(tmp_path):
 def fewshot_run(tmp_path_factory):
     """A gated few-shot run (1 + 1 references, p90 gate), tracked in sqlite."""
     tmp = tmp_path_factory.mktemp("fewshot")
-    cfg = _cfg(
+    return _train(
+        tmp,
+        "fewshot",
         [
             "domain=C",
             *small_data(tmp, n=40),
@@ -229,10 +237,8 @@ def fewshot_run(tmp_path_factory):
             f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
             "tracking.experiment=fewshot",
             "eval.figures=false",
-        ]
+        ],
     )
-    main(cfg, tmp / "train", JobInfo("fewshot", "fewshot"))
-    return tmp
 
 
 def test_a_few_shot_model_predicts_its_own_test_folder_exactly(fewshot_run):
