@@ -354,8 +354,11 @@ def bench_train(backbone, images, text, args, ctx) -> dict:
         loss.backward()
         optimizers[transform].step()
 
-    variants = {(t, c): functools.partial(step, t, c) for t in TRANSFORM_NAMES for c in (False, True)}
-    named = {f"{t}/{'cached' if c else 'uncached'}": fn for (t, c), fn in variants.items()}
+    named = {
+        f"{t}/{'cached' if c else 'uncached'}": functools.partial(step, t, c)
+        for t in TRANSFORM_NAMES
+        for c in (False, True)
+    }
     times = interleaved(named, device, args.repeats)
     peaks = {}
     for name, fn in named.items():
