@@ -30,8 +30,8 @@ RESULT_FILES = (
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    log = open(cwd / "job.log", "w")  # noqa: SIM115 (closed with the process)
+def _start(args: list[str], cwd: Path, log_name: str = "job.log") -> subprocess.Popen:
+    log = open(cwd / log_name, "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=ENV, stdout=log, stderr=subprocess.STDOUT
     )
@@ -67,19 +67,30 @@ def _params_and_metrics(run) -> tuple[dict, dict]:
 
 def test_a_killed_server_costs_at_most_the_budget_and_sync_completes_the_run(tmp_path):
     reference_uri = f"sqlite:///{tmp_path / 'reference.db'}"
-    run_cli(
-        [*_job(tmp_path, folder="reference"), f"tracking.uri={reference_uri}", "tracking.experiment=e"],
-        tmp_path,
-    )
+    reference_job = [
+        *_job(tmp_path, folder="reference"),
+        f"tracking.uri={reference_uri}",
+        "tracking.experiment=e",
+    ]
+    reference_process = _start(reference_job, tmp_path, "reference.log")  # meanwhile: the server and the job
+    try:
+        with running_mlflow_server(tmp_path / "server") as server:
+            args = [
+                *_job(tmp_path),
+                f"tracking.uri={server.uri}",
+                "tracking.experiment=e",
+                "tracking.budget_s=6",
+            ]
+            job = _start(args, tmp_path)
+            _wait_for_epochs(tmp_path / "job", 2, job)
+            os.killpg(server.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            assert job.wait(timeout=240) == 0, (tmp_path / "job.log").read_text()[-3000:]
+        after_kill_s = time.monotonic() - killed_at
+        assert reference_process.wait(timeout=240) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    finally:
+        reference_process.kill()  # a no-op once it has ended
     (reference,) = _runs(reference_uri, "e")
-    with running_mlflow_server(tmp_path / "server") as server:
-        args = [*_job(tmp_path), f"tracking.uri={server.uri}", "tracking.experiment=e", "tracking.budget_s=6"]
-        job = _start(args, tmp_path)
-        _wait_for_epochs(tmp_path / "job", 2, job)
-        os.killpg(server.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        assert job.wait(timeout=240) == 0, (tmp_path / "job.log").read_text()[-3000:]
-    after_kill_s = time.monotonic() - killed_at
     folder = tmp_path / "job"
     assert all((folder / name).exists() for name in RESULT_FILES)
     record = json.loads((folder / "run.json").read_text())
