@@ -12,7 +12,8 @@ Not a test: it prints measurements.
 Sections (one table each; medians over --repeats, the variants of a table measured interleaved A/B/C per
 repeat so that load drifts hit them alike):
   inference    plain open_clip `encode_image` vs FE-CLIP forward with freq DCT and FFT (ratio to plain, the
-               MAC-theoretical ratio (12 L + 10 T) / 12 L beside it), images/s, CUDA peak memory;
+               MAC-theoretical ratio (12 L + 10 T) / 12 L beside it, and on the CPU with the LFS conv's
+               Winograd products), images/s, CUDA peak memory;
   lfs paths    per LFS statistic x transform: the path `LFS.frequency_statistic` takes, decided by
                `LFS.statistic.has_fast_path(LFS.transform)` (`Statistic.fast` set, and for `energy`
                `WindowTransform.orthonormal`): fast filter, or unfold + transform; timed both ways;
@@ -20,7 +21,7 @@ repeat so that load drifts hit them alike):
   train        one Adam step from images (uncached) vs from pre-tap tokens (cached), dct and fft, images/s,
                peak memory;
   patchcore    bank size, feature extraction, greedy coreset selection, kNN scoring per image;
-  conv         `--conv`: the adapters' 3x3 convolution, nn.Conv2d vs Winograd F(2x2, 3x3) (what the CPU uses
+  conv         `--conv`: the adapters' 3x3 convolution, nn.Conv2d vs Winograd F(m x m, 3x3) (what the CPU uses
                from `feclip.model.winograd.MIN_CHANNELS`), widths 64 ... 1024 at the backbone's grid;
   cache        `--cache N`: the disk token cache of N synthetic HDMAP-sized images filled through
                `feclip.cache.frozen_features` (the job's path) in --cache-dtype: bytes per image, GB per 1000
@@ -64,6 +65,7 @@ from feclip.model.adapters import LFS, LFS_STATISTICS  # noqa: E402
 from feclip.model.backbone import ClipBackbone, backbone_config  # noqa: E402
 from feclip.model.feclip import FEClip, FEClipConfig, FreqConfig  # noqa: E402
 from feclip.model.losses import feclip_loss  # noqa: E402
+from feclip.model.winograd import MAX_TILE, MIN_CHANNELS, tile_size  # noqa: E402
 
 CONF = ROOT / "conf"
 TRANSFORM_NAMES = ("dct", "fft")
@@ -195,9 +197,17 @@ def build_backbone(spec: dict, weights: str) -> tuple[ClipBackbone, str]:
         return ClipBackbone(spec["name"], None), f"random init ({tag} unavailable)"
 
 
-def theoretical_ratio(blocks: int, taps: int) -> float:
-    """(blocks * 12 D^2 + taps * (FFE D^2 + LFS conv 9 D^2)) / (blocks * 12 D^2) MACs per token."""
-    return (12 * blocks + 10 * taps) / (12 * blocks)
+def theoretical_ratio(blocks: int, taps: int, conv_macs: float = 9.0) -> float:
+    """(blocks * 12 D^2 + taps * (FFE D^2 + LFS conv `conv_macs` D^2)) / (blocks * 12 D^2) MACs per token;
+    conv_macs: 9 direct, (m + 2)^2 tiles / tokens by Winograd F(m x m, 3x3)."""
+    return (12 * blocks + (1 + conv_macs) * taps) / (12 * blocks)
+
+
+def winograd_macs(grid: tuple[int, int], batch: int) -> float:
+    """The LFS conv's products per token (in D^2) at inference on the CPU: Winograd's at the batch's tile."""
+    gh, gw = grid
+    m = tile_size(gh, gw, batch=batch)
+    return -(-gh // m) * -(-gw // m) * (m + 2) ** 2 / (gh * gw)
 
 
 def feclip_model(backbone, transform: str, taps, text, statistic: str = "mean") -> FEClip:
@@ -229,8 +239,13 @@ def bench_inference(backbone, images, text, args, ctx) -> dict:
             peaks[name] = peak_mib(device) if device.type == "cuda" else None
     taps = models["dct"].taps
     theory = theoretical_ratio(backbone.num_blocks, len(taps))
+    winograd_theory = (
+        theoretical_ratio(backbone.num_blocks, len(taps), winograd_macs(ctx["grid"], len(images)))
+        if device.type == "cpu" and backbone.width >= MIN_CHANNELS  # where `same_conv` takes Winograd
+        else None
+    )
     n = len(images)
-    result = {"taps": taps, "theoretical_ratio": theory}
+    result = {"taps": taps, "theoretical_ratio": theory, "theoretical_ratio_winograd": winograd_theory}
     rows = []
     for name, seconds in times.items():
         ratio = seconds / times["plain"]
@@ -245,7 +260,10 @@ def bench_inference(backbone, images, text, args, ctx) -> dict:
         peak = "-" if peaks[name] is None else f"{peaks[name]:.0f} MiB"
         rows.append([label, ms(seconds), ms(seconds / n), f"{n / seconds:.1f}", f"{ratio:.3f}", peak])
     table(
-        f"Inference ({ctx['label']}; taps {taps}; theoretical FE-CLIP/plain {theory:.3f})",
+        f"Inference ({ctx['label']}; taps {taps}; MAC-theoretical FE-CLIP/plain {theory:.3f} with the direct "
+        f"conv"
+        + ("" if winograd_theory is None else f", {winograd_theory:.3f} with the CPU's Winograd")
+        + ")",
         ["forward", "per batch", "per image", "images/s", "time / plain", "peak (CUDA allocated)"],
         rows,
     )
@@ -486,46 +504,78 @@ def bench_patchcore(args, ctx) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- conv
+def _conv_fns(conv, grid, tiles: dict[str, int]) -> dict:
+    """name/kind -> a call of `conv` on the channels-last `grid`: direct, or Winograd with the tile of the
+    kind; kind fwd = inference (filters transformed once, as `same_conv` caches them), fwd+bwd = training."""
+    from feclip.model.winograd import winograd_conv3x3, winograd_filters
+
+    def direct(backward: bool):
+        if backward:
+            conv(grid.permute(0, 3, 1, 2)).sum().backward()
+            return
+        with torch.inference_mode():
+            conv(grid.permute(0, 3, 1, 2))
+
+    def winograd(backward: bool, tile: int, filters: torch.Tensor):
+        if backward:
+            winograd_conv3x3(grid, conv.weight, conv.bias, tile=tile).sum().backward()
+            return
+        with torch.inference_mode():
+            winograd_conv3x3(grid, conv.weight, conv.bias, tile=tile, filters=filters)
+
+    fns = {f"direct/{kind}": functools.partial(direct, kind == "fwd+bwd") for kind in tiles}
+    for kind, tile in tiles.items():
+        with torch.no_grad():
+            filters = winograd_filters(conv.weight, tile)
+        fns[f"winograd/{kind}"] = functools.partial(winograd, kind == "fwd+bwd", tile, filters)
+    return fns
+
+
 def bench_conv(args, ctx) -> dict:
-    """The adapters' 3x3 'same' convolution: nn.Conv2d vs Winograd F(2x2, 3x3), forward and forward +
-    backward, at the backbone's grid and batch, for widths 64 ... 1024 (where MIN_CHANNELS comes from)."""
-    from feclip.model.winograd import MIN_CHANNELS, winograd_conv3x3
+    """The adapters' 3x3 'same' convolution at the backbone's grid and batch: nn.Conv2d vs Winograd
+    F(m x m, 3 x 3) with the tiles `same_conv` takes (`tile_size` of the batch and grid, at inference and in
+    training) for widths 64 ... 1024 (where MIN_CHANNELS comes from), then every tile at the widths that
+    use it (where `FILTER_COST` comes from)."""
 
     device, (gh, gw) = ctx["device"], ctx["grid"]
-    rows, result = [], {}
+    tiles = {
+        "fwd": tile_size(gh, gw, batch=args.batch),
+        "fwd+bwd": tile_size(gh, gw, batch=args.batch, training=True),
+    }
+    rows, result = [], {"tiles": tiles, "by_width": {}, "by_tile": {}}
     for width in (64, 128, 256, 384, 512, 768, 1024):
         conv = torch.nn.Conv2d(width, width, 3, padding="same").to(device)
         grid = torch.randn(args.batch, gh, gw, width, device=device, requires_grad=True)
-
-        def direct(backward: bool, conv=conv, grid=grid):
-            out = conv(grid.permute(0, 3, 1, 2))
-            if backward:
-                out.sum().backward()
-
-        def winograd(backward: bool, conv=conv, grid=grid):
-            out = winograd_conv3x3(grid, conv.weight, conv.bias)
-            if backward:
-                out.sum().backward()
-
-        fns = {
-            f"{name}/{kind}": functools.partial(fn, kind == "fwd+bwd")
-            for name, fn in (("direct", direct), ("winograd", winograd))
-            for kind in ("fwd", "fwd+bwd")
-        }
-        times = interleaved(fns, device, args.repeats)
-        result[width] = times
-        rows.append(
-            [width]
-            + [ms(times[k]) for k in ("direct/fwd", "winograd/fwd", "direct/fwd+bwd", "winograd/fwd+bwd")]
-            + [
-                f"{times['direct/fwd'] / times['winograd/fwd']:.2f}x",
-                "yes" if width >= MIN_CHANNELS else "no",
-            ]
-        )
+        times = interleaved(_conv_fns(conv, grid, tiles), device, args.repeats)
+        result["by_width"][width] = times
+        speedups = [f"{times[f'direct/{k}'] / times[f'winograd/{k}']:.2f}x" for k in tiles]
+        cells = [ms(times[f"{name}/{k}"]) for k in tiles for name in ("direct", "winograd")]
+        rows.append([width, *cells, *speedups, "yes" if width >= MIN_CHANNELS else "no"])
     table(
-        f"3x3 'same' convolution, batch {args.batch}, grid {gh}x{gw}, {device.type} (the adapters use "
-        f"Winograd on the CPU from MIN_CHANNELS = {MIN_CHANNELS})",
-        ["width", "direct fwd", "Winograd fwd", "direct fwd+bwd", "Winograd fwd+bwd", "fwd speed-up", "used"],
+        f"3x3 'same' convolution, batch {args.batch}, grid {gh}x{gw}, {device.type}: direct vs Winograd "
+        f"F(m x m, 3x3), m = {tiles['fwd']} at inference and {tiles['fwd+bwd']} in training (the adapters"
+        f" use it on the CPU from MIN_CHANNELS = {MIN_CHANNELS})",
+        ["width", "direct fwd", "Winograd fwd", "direct fwd+bwd", "Winograd fwd+bwd"]
+        + ["fwd speed-up", "fwd+bwd speed-up", "used"],
+        rows,
+    )
+    rows = []
+    for width in (w for w in (512, 768, 1024) if w >= MIN_CHANNELS):
+        conv = torch.nn.Conv2d(width, width, 3, padding="same").to(device)
+        grid = torch.randn(args.batch, gh, gw, width, device=device, requires_grad=True)
+        for tile in range(2, MAX_TILE + 1):
+            fns = _conv_fns(conv, grid, {"fwd": tile, "fwd+bwd": tile})
+            times = interleaved(
+                {k: v for k, v in fns.items() if k.startswith("winograd")}, device, args.repeats
+            )
+            result["by_tile"][f"{width}/{tile}"] = times
+            chosen = [k for k, t in tiles.items() if t == tile]
+            rows.append(
+                [width, tile, ms(times["winograd/fwd"]), ms(times["winograd/fwd+bwd"]), ", ".join(chosen)]
+            )
+    table(
+        f"Winograd F(m x m, 3x3) by tile, batch {args.batch}, grid {gh}x{gw}, {device.type}",
+        ["width", "tile m", "fwd (inference)", "fwd+bwd (training)", "taken for"],
         rows,
     )
     return result

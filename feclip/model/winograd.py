@@ -1,20 +1,31 @@
-"""3x3 'same' convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016), channels last.
+"""3x3 'same' convolution by Winograd's minimal filtering F(m x m, 3 x 3) (Lavin & Gray, 2016), channels last.
 
 The LFS and Conv adapters' Conv2d(D, D, 3, padding='same') is most of an adapter's cost (9 D^2 multiply-adds
-per token). F(2x2, 3x3) computes every 2x2 output tile from a 4x4 input tile with 16 instead of 36 products
-per channel pair: the channel mixing becomes 16 matrix products of (tiles, D) x (D, D), 2.25x fewer
-multiply-adds. With the tile d (4x4), the filter g (3x3) and
+per token). F(m x m, 3 x 3) computes every m x m output tile from an n x n input tile, n = m + 2, with n^2
+products per channel pair instead of 9 m^2: the channel mixing becomes n^2 matrix products of (tiles, D) x
+(D, D). One output tile is
 
-    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
-    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    Y = A^T [(G g G^T) * (B^T d B)] A   summed over input channels (d: the n x n tile, g: the 3 x 3 filter).
 
-one output tile is Y = A^T [(G g G^T) * (B^T d B)] A summed over input channels: the same cross-correlation as
-`F.conv2d` in exact arithmetic (float32: differences of a few 1e-6, tested). Everything is a pad, strided
-slices, sums, a stack or a matmul, so autograd gives the gradients (their products are Winograd-sized too).
+The matrices are derived here, not tabulated (Toom-Cook, by the transposition principle): with the n
+interpolation points `POINTS[:n - 1]` and infinity, V (n, n) evaluates a polynomial of degree n - 1 at them
+(rows (1, p, ..., p^(n-1)); infinity: its leading coefficient), so that a linear convolution s = x * g of
+x (m) and g (3) is V^-1 [(V[:, :3] g) * (V[:, :m] x)]; its transpose in x is the correlation
+y_i = sum_k g_k d_(i+k) of d (n): A^T = V[:, :m]^T, G = V[:, :3], B^T = V^-T. The 2-D transforms are their
+Kronecker squares, applied as one matrix product each.
+
+The tile size trades products against the transformed filters' size (n^2 Cout Cin floats, read by every
+product, made with their gradient at every training step) and rounding. `tile_size(h, w, batch=...)` takes
+the m <= MAX_TILE of the least cost n^2 (tiles + FILTER_COST), in products per channel pair, the filters
+counted as FILTER_COST tiles' worth (one value at inference, one in training, fitted to the by-tile tables
+of `bench.py --conv` at batch 1 and 8 on 2 CPU cores). ViT-B/16 at 224 (14 x 14) in inference batches of 8
+or more: m = 5, 441 products per image against 784 for m = 2 and 1764 direct; one image: m = 2; training:
+m = 2. In float32 the result differs from `F.conv2d` by at most 7e-6 of its largest value at m = 6
+(tested), NNPACK's tile size in float32. Everything is a pad, an unfold, a copy or a matrix product, so
+autograd gives the gradients (Winograd-sized too).
 
 `same_conv(conv, grid)` uses it on the CPU for >= MIN_CHANNELS channels (ViT-B/16 and ViT-L/14 widths), where
-PyTorch's convolution runs at the direct (36-product) cost; on CUDA, cuDNN chooses its own algorithm (Winograd
+PyTorch's convolution runs at the direct (9 m^2) cost; on CUDA, cuDNN chooses its own algorithm (Winograd
 and FFT among them), so `conv` itself runs there, and so it does for narrow (tiny-backbone) convolutions.
 """
 
@@ -26,48 +37,57 @@ from torch import nn
 
 from feclip.runtime import cached_constants
 
-_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-# the entry (a, a) of the 4x4 product M that A^T M A adds with weight 1 to every output of the tile
-_BIAS_ENTRY = next(5 * a for a in range(4) if _AT[0][a] == _AT[1][a] == 1)
+# interpolation points, best-conditioned first (small magnitudes, symmetric pairs); a tile of m outputs uses
+# the first m + 1 of them and infinity
+POINTS = (0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0)
+MAX_TILE = len(POINTS) - 1  # 6
+KERNEL = 3
+# the transformed filters' cost in tiles' worth of products: read once per call at inference; made, read and
+# differentiated at every training step
+FILTER_COST = {"inference": 60, "training": 290}
 
 
-@cached_constants(maxsize=8)
-def _matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """kron(G, G) (16, 9) and kron(A^T, A^T) (4, 16), float32: the 2-D transforms of a row-major flattened
-    filter and of an output tile."""
-    g, at = (torch.tensor(m, dtype=torch.float32, device=device) for m in (_G, _AT))
-    return torch.kron(g, g), torch.kron(at, at)
+def tile_size(h: int, w: int, *, batch: int = 1, training: bool = False) -> int:
+    """The output tile m in 2 ... MAX_TILE of the least cost (m + 2)^2 (batch ceil(h/m) ceil(w/m) +
+    FILTER_COST) for a (batch, h, w) grid; the smaller m on ties (fewer rounding steps)."""
+    filters = FILTER_COST["training" if training else "inference"]
+
+    def cost(m: int) -> tuple[int, int]:
+        return (m + KERNEL - 1) ** 2 * (batch * -(-h // m) * -(-w // m) + filters), m
+
+    return min(range(2, MAX_TILE + 1), key=cost)
 
 
-def _combine(parts: list[torch.Tensor], coefficients: tuple[int, ...]) -> torch.Tensor:
-    """sum_k coefficients[k] * parts[k] for coefficients in {-1, 0, 1} (B^T's): one add or subtract per term
-    after the first positive one."""
-    terms = sorted((c, k) for k, c in enumerate(coefficients) if c)[::-1]  # positive terms first
-    total = parts[terms[0][1]] if terms[0][0] > 0 else -parts[terms[0][1]]
-    for c, k in terms[1:]:
-        total = total + parts[k] if c > 0 else total - parts[k]
-    return total
+def toom_cook(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A^T (m, n), G (n, 3), B^T (n, n) float64 of F(m, 3), n = m + 2, from the points `POINTS[:n - 1]` and
+    infinity: A^T [(G g) * (B^T d)] = (sum_k g_k d_(i+k))_i for every d (n) and g (3)."""
+    if not 1 <= m <= MAX_TILE:
+        raise ValueError(f"Winograd tile {m}: expected 1 ... {MAX_TILE}")
+    n = m + KERNEL - 1
+    points = torch.tensor(POINTS[: n - 1], dtype=torch.float64)
+
+    def evaluation(columns: int) -> torch.Tensor:  # (n, columns): a polynomial of `columns` coefficients
+        v = torch.zeros(n, columns, dtype=torch.float64)
+        v[:-1] = points[:, None] ** torch.arange(columns, dtype=torch.float64)
+        v[-1, -1] = 1.0  # infinity: the leading coefficient
+        return v
+
+    return evaluation(m).T, evaluation(KERNEL), torch.linalg.inv(evaluation(n)).T
 
 
-def _input_tiles(padded: torch.Tensor, th: int, tw: int) -> torch.Tensor:
-    """padded (B, 2th + 2, 2tw + 2, C) -> B^T d B of every 4x4 tile d (stride 2), (16, B th tw, C): the row
-    transform on strided row views, then the column transform, no per-tile gather."""
-    rows = [padded[:, k : k + 2 * th : 2] for k in range(4)]  # row 2i + k of tile i: (B, th, W', C)
-    spectra = []
-    for row_coefficients in _BT:
-        mixed = _combine(rows, row_coefficients)
-        cols = [mixed[:, :, k : k + 2 * tw : 2] for k in range(4)]  # (B, th, tw, C)
-        spectra += [_combine(cols, col_coefficients) for col_coefficients in _BT]
-    return torch.stack(spectra).flatten(1, 3)
+@cached_constants(maxsize=16)
+def _matrices(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 2-D transforms of F(m x m, 3 x 3), float32, on row-major flattened tiles: kron(G, G) (n^2, 9) of a
+    filter, kron(B^T, B^T) (n^2, n^2) of an input tile, kron(A^T, A^T) (m^2, n^2) of a product tile."""
+    at, g, bt = toom_cook(m)
+    return tuple(torch.kron(a, a).float().to(device) for a in (g, bt, at))
 
 
-def winograd_filters(weight: torch.Tensor) -> torch.Tensor:
-    """weight (Cout, Cin, 3, 3) -> G g G^T of every channel pair, (16, Cout, Cin) float32."""
+def winograd_filters(weight: torch.Tensor, tile: int) -> torch.Tensor:
+    """weight (Cout, Cin, 3, 3) -> G g G^T of every channel pair for tile m, (n^2, Cout, Cin) float32."""
     cout, cin = weight.shape[:2]
-    tile_filter, _ = _matrices(weight.device)
-    return (tile_filter @ weight.float().reshape(cout * cin, 9).T).view(16, cout, cin)
+    filter_transform = _matrices(tile, weight.device)[0]
+    return (filter_transform @ weight.float().reshape(cout * cin, 9).T).view(-1, cout, cin)
 
 
 def winograd_conv3x3(
@@ -75,27 +95,36 @@ def winograd_conv3x3(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     *,
+    tile: int | None = None,
     filters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """grid (B, H, W, Cin) channels last, weight (Cout, Cin, 3, 3), bias (Cout,) or None -> (B, H, W, Cout)
-    float32: `F.conv2d(grid as NCHW, weight, bias, padding=1)`, channels last, by F(2x2, 3x3). `filters`:
-    `winograd_filters(weight)` when already computed."""
-    batch, h, w, _ = grid.shape
+    float32: `F.conv2d(grid as NCHW, weight, bias, padding=1)`, channels last, by F(m x m, 3 x 3) with
+    m = `tile` (default: `tile_size` at inference). `filters`: `winograd_filters(weight, m)` when already
+    computed."""
+    batch, h, w, cin = grid.shape
     cout = weight.shape[0]
-    _, tile_out = _matrices(grid.device)
-    th, tw = -(-h // 2), -(-w // 2)  # output tiles; odd sizes get one zero row / column, cropped below
-    padded = F.pad(grid.float(), (0, 0, 1, 1 + 2 * tw - w, 1, 1 + 2 * th - h))  # (B, 2th + 2, 2tw + 2, Cin)
-    v = _input_tiles(padded, th, tw)  # (16, B th tw, Cin)
-    u = winograd_filters(weight) if filters is None else filters
-    m = torch.bmm(v, u.transpose(1, 2))  # (16, B th tw, Cout): 16 products per tile and channel pair
-    if bias is not None:  # A^T M A adds entry (1, 1) of M to all four outputs: the bias goes there, 1/16 pass
-        m[_BIAS_ENTRY] += bias.float()
-    y = (tile_out @ m.flatten(1)).view(2, 2, batch, th, tw, cout)  # (row, col, B, th, tw, Cout)
-    return y.permute(2, 3, 0, 4, 1, 5).reshape(batch, 2 * th, 2 * tw, cout)[:, :h, :w]
+    m = tile_size(h, w, batch=batch) if tile is None else tile
+    n = m + KERNEL - 1
+    _, input_transform, output_transform = _matrices(m, grid.device)
+    th, tw = -(-h // m), -(-w // m)  # output tiles; sizes not a multiple of m get zero rows, cropped below
+    padded = F.pad(grid.float(), (0, 0, 1, 1 + m * tw - w, 1, 1 + m * th - h))  # (B, m th + 2, m tw + 2, Cin)
+    tiles = padded.unfold(1, n, m).unfold(2, n, m)  # (B, th, tw, Cin, n, n), a view
+    d = tiles.permute(4, 5, 0, 1, 2, 3).reshape(n * n, -1)  # (n^2, B th tw Cin)
+    v = (input_transform @ d).view(n * n, batch * th * tw, cin)
+    u = winograd_filters(weight, m) if filters is None else filters
+    products = torch.bmm(v, u.transpose(1, 2)).flatten(
+        1
+    )  # (n^2, B th tw Cout): n^2 per tile and channel pair
+    if bias is None:
+        y = output_transform @ products
+    else:  # every output gets the bias once: added by the output transform's product
+        y = torch.addmm(bias.float().repeat(batch * th * tw), output_transform, products)
+    y = y.view(m, m, batch, th, tw, cout).permute(2, 3, 0, 4, 1, 5)  # (B, th, row, tw, col, Cout)
+    return y.reshape(batch, m * th, m * tw, cout)[:, :h, :w]
 
 
-# Below MIN_CHANNELS the ~50 small tensor ops cost more than the products saved: the crossover measured on
-# 2 CPU cores lies between 384 and 512 channels
+# Below MIN_CHANNELS the transforms cost more than the products saved: the crossover measured on 2 CPU cores
 # (`python scripts/bench.py --skip inference,lfs,taps,train --conv`).
 MIN_CHANNELS = 512
 
@@ -104,7 +133,7 @@ def is_winograd_conv(conv: nn.Conv2d) -> bool:
     """A 3x3, stride-1, undilated, ungrouped, zero-padded 'same' convolution of >= MIN_CHANNELS inputs."""
     return (
         conv.in_channels >= MIN_CHANNELS
-        and conv.kernel_size == (3, 3)
+        and conv.kernel_size == (KERNEL, KERNEL)
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
         and conv.groups == 1
@@ -113,16 +142,21 @@ def is_winograd_conv(conv: nn.Conv2d) -> bool:
     )
 
 
-def _filters(conv: nn.Conv2d) -> torch.Tensor:
-    """`winograd_filters(conv.weight)`, kept on the module while the weight is unchanged and no gradient is
-    taken (inference: once per weight version instead of once per call)."""
+def _training(conv: nn.Conv2d) -> bool:
+    """Whether this call builds a graph through the convolution's weight."""
+    return torch.is_grad_enabled() and conv.weight.requires_grad
+
+
+def _filters(conv: nn.Conv2d, tile: int) -> torch.Tensor:
+    """`winograd_filters(conv.weight, tile)`, kept on the module while the weight and the tile are unchanged
+    and no gradient is taken (inference: once per weight version instead of once per call)."""
     weight = conv.weight
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return winograd_filters(weight)
-    key = (weight.data_ptr(), weight._version, weight.device)
+    if _training(conv):
+        return winograd_filters(weight, tile)
+    key = (weight.data_ptr(), weight._version, weight.device, tile)
     cached = getattr(conv, "_winograd_filters", None)
     if cached is None or cached[0] != key:
-        cached = (key, winograd_filters(weight))
+        cached = (key, winograd_filters(weight, tile))
         conv._winograd_filters = cached
     return cached[1]
 
@@ -131,5 +165,6 @@ def same_conv(conv: nn.Conv2d, grid: torch.Tensor) -> torch.Tensor:
     """`conv` on a channels-last grid (B, H, W, Cin) -> (B, H, W, Cout) float32: by Winograd on the CPU for a
     3x3 'same' convolution, else `conv` itself (cuDNN on CUDA)."""
     if grid.device.type == "cpu" and is_winograd_conv(conv):
-        return winograd_conv3x3(grid, conv.weight, conv.bias, filters=_filters(conv))
+        tile = tile_size(*grid.shape[1:3], batch=grid.shape[0], training=_training(conv))
+        return winograd_conv3x3(grid, conv.weight, conv.bias, tile=tile, filters=_filters(conv, tile))
     return conv(grid.float().permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
