@@ -65,7 +65,13 @@ from feclip.model.adapters import LFS, LFS_STATISTICS  # noqa: E402
 from feclip.model.backbone import ClipBackbone, backbone_config  # noqa: E402
 from feclip.model.feclip import FEClip, FEClipConfig, FreqConfig  # noqa: E402
 from feclip.model.losses import feclip_loss  # noqa: E402
-from feclip.model.winograd import MAX_TILE, MIN_CHANNELS, tile_size  # noqa: E402
+from feclip.model.winograd import (  # noqa: E402
+    MAX_TILE,
+    MIN_CHANNELS,
+    tile_size,
+    winograd_conv3x3,
+    winograd_filters,
+)
 
 CONF = ROOT / "conf"
 TRANSFORM_NAMES = ("dct", "fft")
@@ -507,7 +513,6 @@ def bench_patchcore(args, ctx) -> dict:
 def _conv_fns(conv, grid, tiles: dict[str, int]) -> dict:
     """name/kind -> a call of `conv` on the channels-last `grid`: direct, or Winograd with the tile of the
     kind; kind fwd = inference (filters transformed once, as `same_conv` caches them), fwd+bwd = training."""
-    from feclip.model.winograd import winograd_conv3x3, winograd_filters
 
     def direct(backward: bool):
         if backward:
@@ -536,7 +541,6 @@ def bench_conv(args, ctx) -> dict:
     F(m x m, 3 x 3) with the tiles `same_conv` takes (`tile_size` of the batch and grid, at inference and in
     training) for widths 64 ... 1024 (where MIN_CHANNELS comes from), then every tile at the widths that
     use it (where `FILTER_COST` comes from)."""
-
     device, (gh, gw) = ctx["device"], ctx["grid"]
     tiles = {
         "fwd": tile_size(gh, gw, batch=args.batch),
