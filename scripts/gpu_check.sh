@@ -6,8 +6,9 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # weights from the local cache only (a lent device reaches no network)
 STAMP="$(date +%Y-%m-%d_%H%M%S)"
 LOG_DIR="$(mktemp -d -t feclip_gpu_check.XXXXXX)"
 SUMMARY=()
@@ -52,6 +53,19 @@ finish() {
         echo "$block" > "${out}/gpu_check_${STAMP}.txt" && echo "(written to ${out}/gpu_check_${STAMP}.txt)"
     fi
 }
+
+# 0) where the image lacks the project's packages (the lent H200): the wheels of scripts/gpu_wheels.sh, carried
+#    as .whl/, installed beside the image's own
+if ! "$PY" -c 'import mlflow, open_clip, hydra, omegaconf' 2>/dev/null; then
+    if [ ! -d .whl ]; then
+        SUMMARY+=("packages: mlflow / open_clip / hydra missing and no .whl/")
+        finish "FAILED: packages missing; run bash scripts/gpu_wheels.sh here and carry .whl"
+        exit 1
+    fi
+    step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "${LOG_DIR}/site" .whl/*.whl
+    export PYTHONPATH="${LOG_DIR}/site${PYTHONPATH:+:${PYTHONPATH}}"
+fi
 
 # 1) the tests marked cuda (tests/conftest.py registers the marker; without a GPU they are skipped)
 step pytest 120 "$PY" -m pytest -q -m cuda -p no:cacheprovider
