@@ -72,16 +72,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def building_constants():
+    """Tensors made inside are ordinary ones (not inference tensors) without a graph: kept across calls, those
+    first made during an inference call still serve a later step with autograd (an inference tensor cannot
+    be saved for backward)."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 def cached_constants(maxsize: int = 64):
-    """Decorator: memoise a function that builds constant tensors from hashable arguments (sizes, a device).
-    They are built outside inference mode and without autograd, so tensors first made during an inference
-    call still serve a later training step (an inference tensor cannot be saved for backward)."""
+    """Decorator: memoise a function that builds constant tensors from hashable arguments (sizes, a device),
+    built under `building_constants`."""
 
     def wrap(build):
         @functools.lru_cache(maxsize=maxsize)
         @functools.wraps(build)
         def cached(*args):
-            with torch.inference_mode(False), torch.no_grad():
+            with building_constants():
                 return build(*args)
 
         return cached

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feclip.runtime import cached_constants
+from feclip.runtime import building_constants, cached_constants
 
 # interpolation points, best-conditioned first (small magnitudes, symmetric pairs); a tile of m outputs uses
 # the first m + 1 of them and infinity
@@ -157,7 +157,8 @@ def _filters(conv: nn.Conv2d, tile: int) -> torch.Tensor:
     key = (weight.data_ptr(), weight._version, weight.device, tile)
     cached = getattr(conv, "_winograd_filters", None)
     if cached is None or cached[0] != key:
-        cached = (key, winograd_filters(weight, tile))
+        with building_constants():  # also serve a later call with a graph through the input, weight frozen
+            cached = (key, winograd_filters(weight, tile))
         conv._winograd_filters = cached
     return cached[1]
 

@@ -158,3 +158,17 @@ def test_same_conv_takes_the_tile_of_its_mode():
     assert torch.equal(same_conv(conv, grid).detach(), by_tile[2])  # a graph through the weight: training
     with torch.inference_mode():
         assert torch.equal(same_conv(conv, grid), by_tile[5])
+
+
+def test_filters_cached_at_inference_serve_a_frozen_conv_with_input_gradients():
+    """A frozen conv (weight without grad) on an input that needs one, after an inference call: the cached
+    filters are ordinary tensors, so autograd can keep them for the input's gradient."""
+    conv = nn.Conv2d(3, 3, 3, padding="same")
+    conv.weight.requires_grad_(False)
+    with torch.inference_mode():
+        same_conv(conv, torch.randn(1, 4, 4, 3))
+    grid = torch.randn(1, 4, 4, 3, requires_grad=True)
+    (same_conv(conv, grid) ** 2).sum().backward()
+    reference_grid = grid.detach().clone().requires_grad_()
+    (reference(reference_grid, conv.weight, conv.bias) ** 2).sum().backward()
+    assert_near(grid.grad, reference_grid.grad)
