@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wheels for the lent H200 (device tool): what its image lacks (scripts/gpu_wheels.txt), for CPython 3.12 on
-# x86-64, into .whl/ (git-ignored, ~38 MB; the device's working-tree limit is 64 MiB). Run here, where PyPI is
+# x86-64, into .whl/ (git-ignored, 36 MB on 2026-12-02; the device's working-tree limit is 64 MiB). Run here, where PyPI is
 # reachable, then on the device: run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=540).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,14 +15,14 @@ y_i = sum_k g_k d_(i+k) of d (n): A^T = V[:, :m]^T, G = V[:, :3], B^T = V^-T. Th
 Kronecker squares, applied as one matrix product each.
 
 The tile size trades products against the transformed filters' size (n^2 Cout Cin floats, read by every
-product, made with their gradient at every training step) and rounding. `tile_size(h, w, batch=...)` takes
-the m <= MAX_TILE of the least cost n^2 (tiles + FILTER_COST), in products per channel pair, the filters
-counted as FILTER_COST tiles' worth (one value at inference, one in training, fitted to the by-tile tables
-of `bench.py --conv` at batch 1 and 8 on 2 CPU cores). ViT-B/16 at 224 (14 x 14) in inference batches of 8
-or more: m = 5, 441 products per image against 784 for m = 2 and 1764 direct; one image: m = 2; training:
-m = 2. In float32 the result differs from `F.conv2d` by less than 7e-6 of its largest value up to m = 6
-(measured; the tests allow 2e-5), NNPACK's tile size in float32. Everything is a pad, an unfold, a copy or
-a matrix product, so autograd gives the gradients (Winograd-sized too).
+product, made with their gradient at every training step) and rounding. `tile_size(h, w, batch=...)` takes the
+m <= MAX_TILE of the least cost n^2 (tiles + FILTER_COST), in products per channel pair, the filters counted
+as FILTER_COST tiles' worth (one value at inference, one in training, fitted to by-tile timings on 2 CPU
+cores; the by-tile tables of `bench.py --conv` at batch 1 and 8 agree with the tiles taken). ViT-B/16 at 224
+(14 x 14) in inference batches of 8 or more: m = 5, 441 products per image against 784 for m = 2 and 1764
+direct; one image: m = 2; training: m = 2. In float32 the result differs from `F.conv2d` by less than 7e-6 of
+its largest value up to m = 6 (measured; the tests allow 2e-5), NNPACK's tile size in float32. Everything is a
+pad, an unfold, a copy or a matrix product, so autograd gives the gradients (Winograd-sized too).
 
 `same_conv(conv, grid)` uses it on the CPU for >= MIN_CHANNELS channels (ViT-B/16 and ViT-L/14 widths), where
 PyTorch's convolution runs at the direct (9 m^2) cost; on CUDA, cuDNN chooses its own algorithm (Winograd
@@ -85,7 +85,7 @@ def _matrices(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
 
 def winograd_filters(weight: torch.Tensor, tile: int) -> torch.Tensor:
     """weight (Cout, Cin, 3, 3) -> G g G^T of every channel pair for tile m, (n^2, Cin, Cout) float32: the
-    right-hand operand of the products as it is laid out in memory (a transposed view is ~20 % slower)."""
+    right-hand operand of the products as it is laid out in memory (faster than a transposed view)."""
     cout, cin = weight.shape[:2]
     filter_transform = _matrices(tile, weight.device)[0]
     by_input = weight.float().transpose(0, 1).reshape(cin * cout, 9)  # rows (Cin, Cout)
