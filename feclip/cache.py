@@ -84,7 +84,7 @@ def compute_frozen(method, images: ImageSet, rt: Runtime) -> Frozen:
     """The method's frozen features of every image, on the CPU (in memory)."""
     chunks = []
     for index in _batches(images, rt):
-        with rt.autocast():
+        with rt.policy():
             chunks.append(method.frozen(images.inputs(index, rt.device)).cpu())
     return Frozen(torch.cat(chunks), _input_size(images, rt))
 
@@ -100,7 +100,7 @@ def _write(method, images: ImageSet, rt: Runtime, path: Path, dtype: str) -> Non
     tmp, memmap = path.with_suffix(f".{os.getpid()}.tmp.npy"), None
     try:
         for index in _batches(images, rt):
-            with rt.autocast():
+            with rt.policy():
                 chunk = method.frozen(images.inputs(index, rt.device)).to(torch_dtype).cpu()
             if memmap is None:
                 shape = (len(images), *chunk.shape[1:])

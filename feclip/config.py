@@ -26,8 +26,9 @@ from feclip.methods.registry import METHODS
 from feclip.model.adapters import LFS_STATISTICS
 from feclip.model.feclip import FC_INITS, MAPS, SCORES, TAP_PRESETS
 from feclip.model.frequency import TRANSFORMS
+from feclip.precision import PRECISIONS
 from feclip.registry import Registry
-from feclip.runtime import CACHE_MODES, DEVICES, PRECISIONS
+from feclip.runtime import CACHE_MODES, DEVICES
 
 
 class ConfigError(FeclipError):

@@ -1,5 +1,6 @@
-"""Where and how a job computes: device, precision (bf16 autocast on CUDA), inference batch size and the
-frozen-feature cache, passed whole (`rt`) to every function that runs a model."""
+"""Where and how a job computes: device, precision (what `feclip.precision`'s policy grants the
+reducible operations: bf16 on CUDA by default), inference batch size and the frozen-feature cache, passed
+whole (`rt`) to every function that runs a model."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from feclip import precision as policy_
 from feclip.errors import FeclipError
 from feclip.registry import choices
 
 DEVICES = choices("device", "device", ("auto", "cpu", "cuda"))
-PRECISIONS = choices("precision", "precision", ("auto", "fp32", "bf16"))
 CACHE_MODES = choices("frozen-feature cache mode", "train.token_cache", ("disk", "memory", "off"))
 
 
@@ -27,9 +28,9 @@ class DeviceError(FeclipError):
 
 @dataclass(frozen=True)
 class Runtime:
-    """device; precision 'fp32' | 'bf16' (frozen backbone under bf16 autocast; adapters, statistics, heads
-    and losses stay fp32); batch_size: images per inference batch; cache: frozen-feature cache mode
-    (`feclip.cache`) and its folder."""
+    """device; precision 'fp32' | 'bf16' | 'tf32' (resolved: what the policy grants the frozen backbone;
+    adapters, heads, distances, maps and losses stay fp32, `feclip.precision`); batch_size: images per
+    inference batch; cache: frozen-feature cache mode (`feclip.cache`) and its folder."""
 
     device: torch.device
     precision: str = "fp32"
@@ -39,21 +40,21 @@ class Runtime:
     cache_dtype: str = "auto"  # fp32 | bf16 | auto (the run's precision)
     cache_max_gb: float | None = None  # size cap of cache_dir; least recently used entries go first
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """A fresh autocast context for the frozen backbone (a no-op in fp32)."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def policy(self) -> contextlib.AbstractContextManager:
+        """The precision policy of this run around a method's work (`feclip.precision.policy`): only the
+        operations it lists as reducible compute in reduced precision inside."""
+        return policy_.policy(self.precision, self.device.type)
 
 
 def runtime(cfg: DictConfig) -> Runtime:
-    """Runtime from `device` / `precision` (auto: bf16 on CUDA, fp32 on CPU), `eval.batch_size`,
-    `train.token_cache` and `cache_dir`."""
+    """Runtime from `device` / `precision` (auto: bf16 on CUDA, fp32 on CPU; tf32 is fp32 off CUDA),
+    `eval.batch_size`, `train.token_cache` and `cache_dir`. TF32 is off outside the policy's scopes."""
     cuda = torch.cuda.is_available()
     if cfg.device == "cuda" and not cuda:
         raise DeviceError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = policy_.resolve(cfg.precision, device.type)
+    policy_.configure_tf32(False)
     return Runtime(
         device,
         precision,

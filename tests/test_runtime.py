@@ -4,6 +4,7 @@ import pytest
 import torch
 from helpers import compose
 
+from feclip.precision import reduced
 from feclip.runtime import DeviceError, cached_constants, runtime
 
 
@@ -15,21 +16,25 @@ def test_cuda_request_without_a_gpu_is_an_error(monkeypatch):
     assert rt.device.type == "cpu" and rt.precision == "fp32"
 
 
-def test_bf16_autocast_on_request():
-    rt = runtime(compose("precision=bf16"))
-    with rt.autocast():
-        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
-    with runtime(compose()).autocast():
-        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+def test_bf16_reduces_the_backbone_only_on_request():
+    x = torch.ones(2, 2)
+    with runtime(compose("precision=bf16")).policy():
+        assert x.matmul(x).dtype == torch.float32
+        with reduced("backbone"):
+            assert x.matmul(x).dtype == torch.bfloat16
+    with runtime(compose()).policy(), reduced("backbone"):
+        assert x.matmul(x).dtype == torch.float32
 
 
 @pytest.mark.cuda
-def test_cuda_runtime_autocasts_to_bf16():
+def test_cuda_runtime_reduces_the_backbone_to_bf16():
     rt = runtime(compose("device=cuda"))
     assert rt.device.type == "cuda" and rt.precision == "bf16"
-    with rt.autocast():
-        x = torch.ones(4, 4, device="cuda")
-        assert (x @ x).dtype == torch.bfloat16
+    x = torch.ones(4, 4, device="cuda")
+    with rt.policy():
+        assert (x @ x).dtype == torch.float32
+        with reduced("backbone"):
+            assert (x @ x).dtype == torch.bfloat16
 
 
 def test_cached_constants_are_memoised_and_serve_autograd_after_an_inference_call():

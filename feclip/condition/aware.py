@@ -83,7 +83,7 @@ def reference_outputs(
     """(features per level, each (R, gh, gw, D); embeddings (R, E) or None) of the reference images."""
     features, embeddings = [], []
     for index in torch.arange(len(images)).split(rt.batch_size):
-        with rt.autocast():
+        with rt.policy():
             out = method.forward(images.inputs(index, rt.device))
         features.append([f.float() for f in out.features])
         embeddings.append(None if out.embedding is None else out.embedding.float())

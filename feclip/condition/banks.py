@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from feclip.condition.gates import GateDecision
 from feclip.errors import FeclipError
+from feclip.precision import float32
 from feclip.registry import choices
 
 SOURCES = choices("reference source", "fewshot.source", ("train", "test_extremes"))
@@ -94,6 +95,7 @@ def chunks(n: int, chunk_size: int) -> Iterator[slice]:
     return (slice(start, start + chunk_size) for start in range(0, n, chunk_size))
 
 
+@float32
 def knn(
     query: torch.Tensor, bank: torch.Tensor, k: int, *, chunk_size: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,6 +283,7 @@ class ReferenceBank:
             )
         return bank_name
 
+    @float32
     def _match(self, query: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """query (M, D') described -> (distance (M,), index (M,)) of the nearest bank row, in chunks."""
         distances, indices = [], []

@@ -70,7 +70,7 @@ def predict(
     parts: dict[str, list] = {"scores": [], "map_max": [], "map_topk": [], "maps": []}
     extras: dict[str, list] = {}
     for index in progress(torch.arange(len(images)).split(rt.batch_size), "predict", leave=False):
-        with rt.autocast():
+        with rt.policy():
             if frozen is None:
                 out = method.forward(images.inputs(index, rt.device))
             else:

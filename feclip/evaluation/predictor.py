@@ -157,7 +157,7 @@ def _read(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
 def _score(predictor: Predictor, images: list[np.ndarray], rt: Runtime) -> dict[str, Any]:
     """Scores, map maxima, native-size maps and gate decisions of same-shape images."""
     raw = torch.from_numpy(np.stack(images)).to(rt.device)
-    with rt.autocast():
+    with rt.policy():
         out = predictor.method.forward(predictor.to_input(raw))
     columns = {}
     if predictor.scorer is not None:

@@ -61,10 +61,14 @@ def hdmap_input(cfg: DictConfig, method: Method) -> HDMAPInput:
     )
 
 
+def _no_log(epoch: int, losses: dict[str, float]) -> None:
+    """The default `log_epoch`: losses are not recorded."""
+
+
 def fit_method(
-    cfg: DictConfig, rt: Runtime, method: Method, *, root: Path, fit: HDMAPData, to_input, record: JobRecord
+    cfg: DictConfig, rt: Runtime, method: Method, *, root: Path, fit: HDMAPData, to_input, log_epoch=_no_log
 ) -> dict:
-    """Build the training source and fit the method; per-epoch losses are recorded as they come."""
+    """Build the training source and fit the method; `log_epoch(epoch, losses)` records them as they come."""
     mean, std = method.input_stats()
     ctx = SourceContext(root, cold_warm_split(cfg), fit, to_input, method.input_size, mean, std)
     aux = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx)
@@ -73,7 +77,7 @@ def fit_method(
     def frozen(images):
         return frozen_features(method, images, rt)
 
-    return method.fit(normals=normals, aux=aux, rt=rt, frozen=frozen, log_epoch=epoch_logger(record))
+    return method.fit(normals=normals, aux=aux, rt=rt, frozen=frozen, log_epoch=log_epoch)
 
 
 def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str, float]:
@@ -90,7 +94,7 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
     )
     test = data.subset((data.meta["split"] == "test").to_numpy())
-    fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, record=record)
+    fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, log_epoch=epoch_logger(record))
     refs = aware.build(cfg, method, fit, test, to_input, rt)
     native = tuple(data.images.shape[-2:])
 

@@ -37,6 +37,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from feclip.errors import FeclipError
+from feclip.precision import full, reduced
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY = "feclip-tiny"
@@ -297,10 +298,11 @@ class ClipBackbone(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise BackboneError(f"images of shape {tuple(images.shape)}, expected (B, 3, h, w)")
         grid = self.grid_size(images.shape[-2:])
-        x = self.visual.conv1(images).flatten(2).transpose(1, 2)  # (B, gh * gw, D)
-        cls = self.visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)
-        return self.visual.ln_pre(x)
+        with reduced("backbone"):
+            x = self.visual.conv1(images).flatten(2).transpose(1, 2)  # (B, gh * gw, D)
+            cls = self.visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)
+            return self.visual.ln_pre(x)
 
     def run_blocks(self, tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """tokens: (B, N, D) -> (B, N, D) after blocks start .. stop - 1 (in the transformer's own layout)."""
@@ -310,13 +312,20 @@ class ClipBackbone(nn.Module):
             )
         batch_first = getattr(self.visual.transformer, "batch_first", True)
         x = tokens if batch_first else tokens.transpose(0, 1)
-        for block in self.visual.transformer.resblocks[start:stop]:
-            x = block(x)
+        with reduced("backbone"):
+            for block in self.visual.transformer.resblocks[start:stop]:
+                x = block(x)
         return x if batch_first else x.transpose(0, 1)
 
+    def ln_post(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (..., D) -> (..., D) float32: CLIP's final LayerNorm (a head operation: never reduced)."""
+        with full():
+            return self.visual.ln_post(tokens.float())
+
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (..., D) -> (..., E): ln_post then CLIP's frozen visual projection."""
-        return self.visual.ln_post(tokens) @ self.visual.proj
+        """tokens: (..., D) -> (..., E) float32: ln_post then CLIP's frozen visual projection."""
+        with full():
+            return self.ln_post(tokens) @ self.visual.proj.float()
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -43,6 +43,7 @@ from feclip.methods.base import MethodOutput
 from feclip.model.adapters import FFE, LFS, LFS_STATISTICS, ConvAdapter, TapAdapter
 from feclip.model.backbone import ClipBackbone
 from feclip.model.frequency import TRANSFORMS, check_window
+from feclip.precision import float32
 from feclip.registry import Registry, choices
 from feclip.runtime import cached_constants
 
@@ -399,12 +400,11 @@ class FEClip(nn.Module):
             emb = F.normalize(embeddings.float(), dim=-1)
             return emb @ F.normalize(self.text_features.float(), dim=-1).T / self.cfg.temperature
 
+    @float32
     def _tap_heads(self, cls: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cls: (B, D), grid: (B, gh, gw, D) -> score (B,), map (B, gh, gw) of one tap (patch resolution)."""
         score = self._logits(self.backbone.project(cls)).softmax(-1)[:, 1]
-        patch_emb = (
-            self.backbone.project(grid) if self.fc is None else self.fc(self.backbone.visual.ln_post(grid))
-        )
+        patch_emb = self.backbone.project(grid) if self.fc is None else self.fc(self.backbone.ln_post(grid))
         logits = self._logits(patch_emb)
         amap = logits.softmax(-1)[..., 1] if self.cfg.map == "prob" else logits[..., 1] - logits[..., 0]
         return score, amap

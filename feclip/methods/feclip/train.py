@@ -73,7 +73,7 @@ def train(
         seen = 0
         for step, index in enumerate(bar, start=1):
             batch = data.batch(index, device, image_size, inputs=tokens is None)
-            with rt.autocast():
+            with rt.policy():
                 out = (
                     model(batch.inputs) if tokens is None else forward_frozen(model, tokens[index].to(device))
                 )

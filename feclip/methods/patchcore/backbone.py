@@ -30,6 +30,7 @@ from torch import nn
 
 from feclip.errors import FeclipError
 from feclip.model.backbone import hub_offline, reachable
+from feclip.precision import reduced
 from feclip.registry import Registry
 
 LOCAL_FILE_HINT = "pretrained=/path/to/model.safetensors (timm pretrained_cfg_overlay=dict(file=...))"
@@ -208,9 +209,10 @@ class TimmFeatures(nn.Module):
             raise TimmFeaturesError(f"images of shape {tuple(images.shape)}, expected (B, 3, H, W)")
         if self.normalize:
             images = (images - self._mean) / self._std
-        return self.model.forward_intermediates(
-            images, indices=self.indices, norm=self.final_norm, output_fmt="NCHW", intermediates_only=True
-        )
+        with reduced("backbone"):
+            return self.model.forward_intermediates(
+                images, indices=self.indices, norm=self.final_norm, output_fmt="NCHW", intermediates_only=True
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) -> (B, gh, gw, D) at the finest chosen block's grid, D = sum(self.dims)."""

@@ -111,7 +111,7 @@ class PatchCoreMethod(Method):
         cached = frozen(normals) if frozen is not None else None
         parts = []
         for index in torch.arange(len(normals)).split(rt.batch_size):
-            with torch.inference_mode(), rt.autocast():
+            with torch.inference_mode(), rt.policy():
                 patches = (
                     cached[index].features.float()
                     if cached is not None

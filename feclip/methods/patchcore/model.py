@@ -28,6 +28,7 @@ from feclip.condition.banks import chunks, knn, nearest
 from feclip.errors import FeclipError
 from feclip.methods.patchcore.backbone import TimmFeatures, concat_blocks
 from feclip.methods.patchcore.coreset import greedy_coreset
+from feclip.precision import float32
 
 
 class PatchCoreError(FeclipError):
@@ -39,6 +40,7 @@ def local_aggregate(maps: torch.Tensor, size: int = 3) -> torch.Tensor:
     return F.avg_pool2d(maps, size, stride=1, padding=size // 2, count_include_pad=True)
 
 
+@float32
 def reweighted_image_score(
     patch_distance: torch.Tensor,
     nn_index: torch.Tensor,
@@ -91,6 +93,7 @@ def gaussian_matrix(n: int, sigma: float, *, device=None, dtype=torch.float32) -
     )
 
 
+@float32
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """maps: (B, H, W) -> (B, H, W) separable Gaussian blur, std `sigma` px (see `gaussian_matrix`)."""
     if sigma == 0:
@@ -100,6 +103,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return rows @ maps @ cols.T
 
 
+@float32
 def anomaly_map(
     patch_scores: torch.Tensor, image_size: tuple[int, int], *, sigma: float = 4.0
 ) -> torch.Tensor:

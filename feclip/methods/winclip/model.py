@@ -30,6 +30,7 @@ from torch import nn
 
 from feclip.errors import FeclipError
 from feclip.model.backbone import ClipBackbone
+from feclip.precision import float32
 
 TEMPERATURE = 0.07  # anomalib's WinCLIP (CLIP's initial temperature); the paper leaves it unstated
 
@@ -84,12 +85,14 @@ def harmonic_aggregation(window_scores: torch.Tensor, grid: tuple[int, int], sca
     return inside.sum((-2, -1)) / reciprocal[:, table].sum(-1)
 
 
+@float32
 def class_scores(embeddings: torch.Tensor, text_features: torch.Tensor, temperature: float) -> torch.Tensor:
     """embeddings (..., E), text_features (2, E) [normal, abnormal] -> abnormal probability (...)."""
     cosine = F.normalize(embeddings, dim=-1) @ F.normalize(text_features, dim=-1).T
     return (cosine / temperature).softmax(-1)[..., 1]
 
 
+@float32
 def visual_association(query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """query (B, h, w, E), reference (R, h', w', E) or (K, E) -> (B, h, w): (1 - max cosine to any
     reference row) / 2, clamped at 0 (a query equal to a reference row scores 0)."""
@@ -161,7 +164,7 @@ class WinClip(nn.Module):
         patches = (
             self.backbone.project(patch_tokens)
             if self.project_patches
-            else self.backbone.visual.ln_post(patch_tokens)
+            else self.backbone.ln_post(patch_tokens)
         )
         windows = tuple(self._window_embeddings(tokens, grid, s) for s in self.scales)
         return WinClipEmbeddings(image, patches, windows)
