@@ -24,6 +24,7 @@ from feclip.jobs.registry import MODES, PROTOCOLS
 from feclip.methods.patchcore.backbone import PRESETS as PATCHCORE_BACKBONES
 from feclip.methods.registry import METHODS
 from feclip.model.adapters import LFS_STATISTICS
+from feclip.model.backbone import WEIGHT_SUFFIXES
 from feclip.model.feclip import FC_INITS, MAPS, SCORES, TAP_PRESETS
 from feclip.model.frequency import TRANSFORMS
 from feclip.precision import PRECISIONS
@@ -174,8 +175,8 @@ PATH_KEYS = (
     "predict.input",
     "predict.out",
     "backbone.pretrained",
+    "predict.backbone_weights",
 )
-WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
 
 def _is_relative_path(key: str, value: Any) -> bool:

@@ -49,14 +49,10 @@ class Runtime:
 def runtime(cfg: DictConfig) -> Runtime:
     """Runtime from `device` / `precision` (auto: bf16 on CUDA, fp32 on CPU; tf32 is fp32 off CUDA),
     `eval.batch_size`, `train.token_cache` and `cache_dir`. TF32 is off outside the policy's scopes."""
-    cuda = torch.cuda.is_available()
-    if cfg.device == "cuda" and not cuda:
-        raise DeviceError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
-    precision = policy_.resolve(cfg.precision, device.type)
+    device, precision = compute_identity(cfg)
     policy_.configure_tf32(False)
     return Runtime(
-        device,
+        torch.device(device),
         precision,
         batch_size=cfg.eval.batch_size,
         cache=cfg.train.token_cache,
@@ -64,6 +60,15 @@ def runtime(cfg: DictConfig) -> Runtime:
         cache_dtype=cfg.train.cache_dtype,
         cache_max_gb=cfg.train.cache_max_gb,
     )
+
+
+def compute_identity(cfg: DictConfig) -> tuple[str, str]:
+    """(device type 'cpu' | 'cuda', resolved precision) of `device` / `precision`: a run's identity."""
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise DeviceError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
+    return device, policy_.resolve(cfg.precision, device)
 
 
 def seed_everything(seed: int) -> None:

@@ -3,7 +3,8 @@
 A checkpoint directory is self-describing. The method writes its own part (`Method.save`: for FE-CLIP the
 adapters + fc, the model description, the text features and a random-init backbone's weights); the job adds
 `predictor.json` (the method name, the input transform, the calibration record, the native image shape, the
-reference-bank settings and the deployable gate) and, for few-shot / condition-aware runs,
+reference-bank settings, the deployable gate and the run's identity: domain, backbone, random init, and the
+precision and device the calibration was scored at) and, for few-shot / condition-aware runs,
 `references.safetensors` (the bank descriptors), so a model scores new files exactly as its run scored its
 test images. `load_predictor` rebuilds all of it without the original Hydra config.
 
@@ -38,8 +39,10 @@ from feclip.errors import FeclipError
 from feclip.evaluation import calibration, plots
 from feclip.methods.base import Method
 from feclip.methods.registry import METHODS
+from feclip.model.backbone import WEIGHT_SUFFIXES
+from feclip.precision import resolve
 from feclip.progress import progress
-from feclip.runtime import Runtime
+from feclip.runtime import Runtime, compute_identity
 
 PREDICTOR_FILE = "predictor.json"
 REFERENCES_FILE = "references.safetensors"
@@ -62,12 +65,21 @@ class Predictor:
 
 
 def save_predictor(
-    directory: Path, method: Method, to_input: HDMAPInput, record: dict, references, image_shape
+    directory: Path,
+    method: Method,
+    to_input: HDMAPInput,
+    record: dict,
+    references,
+    image_shape,
+    *,
+    identity: dict,
 ) -> None:
-    """Write the method's checkpoint, then what `load_predictor` needs beside it."""
+    """Write the method's checkpoint, then what `load_predictor` needs beside it; `identity`: domain,
+    backbone, pretrained, random_init, precision and device of the run (`checkpoint_identity`)."""
     method.save(directory)
     content = {
         "method": method.name,
+        "identity": {"method": method.name, **identity},
         "input": to_input.spec(),
         "calibration": record,
         "image_shape": list(image_shape),
@@ -106,14 +118,81 @@ def verify(directory: Path) -> None:
             )
 
 
-def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
-    """Rebuild method, input transform, calibration, banks and gate from a checkpoint directory."""
-    directory = Path(directory)
+def _content(directory: Path) -> dict:
     if not (directory / PREDICTOR_FILE).is_file():
         raise PredictError(f"{directory} is not a feclip model directory: {PREDICTOR_FILE} is missing")
+    return json.loads((directory / PREDICTOR_FILE).read_text())
+
+
+def checkpoint_identity(directory: str | Path) -> dict[str, Any]:
+    """method, domain, backbone, pretrained, random_init, precision, device of the run that saved the model
+    (checkpoints older than the identity block: from the calibration record; precision 'unknown')."""
+    content = _content(Path(directory))
+    if "identity" in content:
+        return content["identity"]
+    context = content["calibration"].get("context", {})
+    pretrained = context.get("pretrained")
+    return {
+        "method": content.get("method", "feclip"),
+        "domain": context.get("domain", "unknown"),
+        "backbone": context.get("backbone", "unknown"),
+        "pretrained": pretrained,
+        "random_init": pretrained is None,
+        "precision": "unknown",
+        "device": "unknown",
+    }
+
+
+def predict_precision(asked: str, device_type: str, calibrated: str, *, allow_change: bool) -> str:
+    """The precision predict applies: the calibration's (for `auto`), or `asked` when it resolves to the same
+    or `allow_change` (predict.allow_precision_change); another is refused: the stored thresholds hold only
+    for scores computed as they were."""
+    if asked == "auto":
+        return resolve("auto" if calibrated == "unknown" else calibrated, device_type)
+    chosen = resolve(asked, device_type)
+    if calibrated not in ("unknown", chosen) and not allow_change:
+        raise PredictError(
+            f"precision={asked}: the model was calibrated at {calibrated} and its thresholds hold for scores "
+            f"computed so; drop the override (predict applies {calibrated}) or set "
+            "predict.allow_precision_change=true"
+        )
+    return chosen
+
+
+def predict_identity(cfg) -> dict[str, Any]:
+    """The saved model's identity (`checkpoint_identity`) with the device and precision predict runs at;
+    `calibrated_precision` keeps the one the model was calibrated at."""
+    identity = checkpoint_identity(cfg.model.checkpoint)
+    device, _ = compute_identity(cfg)
+    calibrated = identity.get("precision", "unknown")
+    allow = cfg.predict.allow_precision_change
+    chosen = predict_precision(cfg.precision, device, calibrated, allow_change=allow)
+    return {**identity, "device": device, "precision": chosen, "calibrated_precision": calibrated}
+
+
+def _check_weights_file(directory: Path, recorded, weights: str | None) -> None:
+    """A model saved with a local weights file needs that file: where it was, or where `weights` says."""
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise PredictError(f"predict.backbone_weights={weights}: no such file; expected a weights file")
+        return
+    is_path = isinstance(recorded, str) and ("/" in recorded or recorded.endswith(WEIGHT_SUFFIXES))
+    if is_path and not Path(recorded).is_file():
+        raise PredictError(
+            f"{directory}: the backbone weights file {recorded} the model was saved with is gone; pass its "
+            "new place with predict.backbone_weights=/path/to/file (checked against the saved fingerprint)"
+        )
+
+
+def load_predictor(directory: str | Path, device: torch.device, *, weights: str | None = None) -> Predictor:
+    """Rebuild method, input transform, calibration, banks and gate from a checkpoint directory; `weights`:
+    where the backbone weights file is now (None: where the run found it)."""
+    directory = Path(directory)
+    content = _content(directory)
     verify(directory)
-    content = json.loads((directory / PREDICTOR_FILE).read_text())
-    method = METHODS.get_entry(content.get("method", "feclip"), key="method").load(directory).to(device)
+    _check_weights_file(directory, checkpoint_identity(directory)["pretrained"], weights)
+    entry = METHODS.get_entry(content.get("method", "feclip"), key="method")
+    method = entry.load(directory, weights=weights).to(device)
     method.model.eval()
     mean, std = method.input_stats()
     spec = {"mean": mean, "std": std, **{k: v for k, v in content["input"].items() if k != "pretrained"}}
@@ -125,7 +204,8 @@ def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
         )
     scorer = None
     if content.get("references"):
-        bank = ReferenceBank.from_saved(content["references"]["bank"], load_file(directory / REFERENCES_FILE))
+        tensors = load_file(directory / REFERENCES_FILE, device=str(device))  # beside the model's outputs
+        bank = ReferenceBank.from_saved(content["references"]["bank"], tensors)
         scorer = ReferenceScorer(method, bank, gate, raw=None, meta=None)
     return Predictor(
         method, HDMAPInput(**spec), content["calibration"], gate, scorer, tuple(content["image_shape"])

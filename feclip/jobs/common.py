@@ -22,8 +22,10 @@ from feclip import tracking
 from feclip.cache import size_bytes
 from feclip.data.sources import AUX_SOURCES
 from feclip.evaluation.metrics import MetricWarning
+from feclip.evaluation.predictor import predict_identity
 from feclip.methods.registry import METHODS
 from feclip.progress import job_label
+from feclip.runtime import compute_identity
 from feclip.tracking.local import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -40,9 +42,26 @@ RANDOM_INIT_NOTE = "random-init backbone: numbers test the pipeline, not FE-CLIP
 Body = Callable[[DictConfig, Path, "JobRecord"], dict[str, float]]
 
 
-def random_init(cfg: DictConfig) -> bool:
-    """Whether the job's method runs on random backbone weights (its numbers then test the pipeline)."""
-    return METHODS.get_entry(cfg.method.name).config_random_init(cfg)
+def config_identity(cfg: DictConfig) -> dict:
+    """What a train/eval job computes with: method, domain, backbone, pretrained (weights: None, a tag or a
+    file), random_init (its numbers then test the pipeline), device and precision (resolved)."""
+    entry = METHODS.get_entry(cfg.method.name)
+    device, precision = compute_identity(cfg)
+    return {
+        "method": cfg.method.name,
+        "domain": cfg.domain.name if cfg.eval.protocol == "hdmap" else "-",
+        "backbone": entry.config_backbone(cfg),
+        "pretrained": entry.config_weights(cfg),
+        "random_init": entry.config_random_init(cfg),
+        "device": device,
+        "precision": precision,
+    }
+
+
+def job_identity(cfg: DictConfig) -> dict:
+    """`config_identity`, or for mode=predict the saved model's (`predict_identity`): a predict run is
+    labelled by the model it applies, not by the default config."""
+    return predict_identity(cfg) if cfg.mode == "predict" else config_identity(cfg)
 
 
 def metrics_record(metrics: dict[str, float], *, random_init: bool, notes: list[str]) -> dict:
@@ -82,14 +101,13 @@ def metric_warnings() -> Iterator[list[str]]:
 
 
 def job_tags(cfg: DictConfig, job: tracking.JobInfo) -> dict[str, str]:
+    identity = job_identity(cfg)
     return {
-        "domain": cfg.domain.name if cfg.eval.protocol == "hdmap" else "-",
+        **{key: str(identity[key]) for key in ("domain", "backbone", "device", "precision", "method")},
         "variant": job.variant,
         "seed": str(cfg.seed),
-        "backbone": METHODS.get_entry(cfg.method.name).config_backbone(cfg),
-        "method": cfg.method.name,
         "mode": cfg.mode,
-        "feclip.random_init": str(random_init(cfg)).lower(),
+        "feclip.random_init": str(identity["random_init"]).lower(),
         "feclip.config_hash": config_hash(cfg),
         **AUX_SOURCES.get_entry(cfg.aux.source).tags(cfg),
         **{f"choice.{group}": str(option) for group, option in job.choices.items() if "/" not in group},
@@ -295,7 +313,7 @@ def tracked_job(
         with signals_as_exceptions(), metric_warnings() as notes, job_label(job.run_name), tracker:
             update_run(output_dir, run_id=tracker.run_id)
             tracker.log_params(tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
-            flag = random_init(cfg)
+            flag = tags["feclip.random_init"] == "true"
             title = " · ".join(
                 [tags["domain"], tags["method"], job.variant, *(["random-init"] if flag else [])]
             )

@@ -9,7 +9,14 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from feclip.errors import FeclipError
-from feclip.evaluation.predictor import list_inputs, load_predictor, overlay_writer, predict_files, summary
+from feclip.evaluation.predictor import (
+    list_inputs,
+    load_predictor,
+    overlay_writer,
+    predict_files,
+    predict_identity,
+    summary,
+)
 from feclip.jobs.common import JobRecord
 from feclip.runtime import runtime
 
@@ -21,8 +28,16 @@ class NothingScoredError(FeclipError):
 def predict_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str, float]:
     """Score predict.input with model.checkpoint, write predictions.csv + summary.json (also when nothing
     could be scored, which then ends the job with a one-line error)."""
-    rt = replace(runtime(cfg), batch_size=cfg.predict.batch_size)
-    predictor = load_predictor(cfg.model.checkpoint, rt.device)
+    identity = predict_identity(cfg)
+    rt = replace(runtime(cfg), batch_size=cfg.predict.batch_size, precision=identity["precision"])
+    if identity["precision"] != identity["calibrated_precision"]:
+        print(
+            f"feclip predict: scoring at precision {identity['precision']}, calibrated at "
+            f"{identity['calibrated_precision']} (predict.allow_precision_change=true): thresholds may move"
+        )
+    record.set_tags({"predict.calibrated_precision": identity["calibrated_precision"]})
+    weights = cfg.predict.backbone_weights
+    predictor = load_predictor(cfg.model.checkpoint, rt.device, weights=weights)
     files = list_inputs(str(cfg.predict.input))
     point = cfg.predict.operating_point or predictor.record["operating_point"]
     out = Path(cfg.predict.out) if cfg.predict.out else output_dir

@@ -3,12 +3,14 @@ for in one tracked run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from feclip import config
+from feclip.evaluation.predictor import predict_identity
 from feclip.jobs.common import tracked_job
 from feclip.jobs.registry import job_for
 from feclip.tracking import JobInfo
@@ -20,6 +22,12 @@ def launch_dir() -> Path:
     return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
 
 
+def predict_job_info(cfg: DictConfig, job: JobInfo) -> JobInfo:
+    """A predict run is named by the model it applies: `<domain>-predict-<method>` (variant `predict`)."""
+    identity = predict_identity(cfg)
+    return replace(job, run_name=f"{identity['domain']}-predict-{identity['method']}", variant="predict")
+
+
 def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = None) -> float | None:
     """Validate, run, return the job's headline metric (None when it has none). Relative paths in the
     config mean the launch directory, so a job runs the same from its own folder (`hydra.job.chdir=true`)."""
@@ -28,5 +36,7 @@ def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = 
     output_dir = (output_dir or Path(HydraConfig.get().runtime.output_dir)).resolve()
     job = job or JobInfo.from_hydra(cfg)
     cfg = with_local_checkpoint(config.absolute_paths(cfg, launch_dir()), output_dir)
+    if cfg.mode == "predict":
+        job = predict_job_info(cfg, job)
     metrics = tracked_job(cfg, output_dir, job, kind.body, key_metrics=(kind.headline, *kind.key_metrics))
     return metrics.get(kind.headline)

@@ -23,7 +23,7 @@ from feclip.evaluation import calibration
 from feclip.evaluation.figures import write_figures
 from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
 from feclip.evaluation.predictor import save_predictor
-from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, epoch_logger
+from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, config_identity, epoch_logger
 from feclip.methods.base import Method
 from feclip.methods.registry import build_method
 from feclip.runtime import Runtime, runtime
@@ -180,4 +180,5 @@ def save_model(
         context,
     )
     directory.mkdir(parents=True, exist_ok=True)
-    save_predictor(directory, method, to_input, record, refs, tuple(val.images.shape[-2:]))
+    shape = tuple(val.images.shape[-2:])
+    save_predictor(directory, method, to_input, record, refs, shape, identity=config_identity(cfg))

@@ -64,6 +64,11 @@ class Method(abc.ABC):
         return cfg.backbone.name
 
     @classmethod
+    def config_weights(cls, cfg):
+        """The backbone weights the config gives this method: None (random init), a tag or a file."""
+        return cfg.backbone.pretrained
+
+    @classmethod
     def config_random_init(cls, cfg) -> bool:
         """Whether the config gives this method random backbone weights (read before it is built)."""
         return cfg.backbone.pretrained is None

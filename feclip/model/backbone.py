@@ -43,6 +43,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 TINY = "feclip-tiny"
 LOCAL_FILE_HINT = "backbone.pretrained=/path/to/open_clip_pytorch_model.bin"
 _TRUE = ("1", "on", "yes", "true")
+WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")  # a `pretrained` value that is a file
 
 if TINY not in open_clip.list_models():
     open_clip.add_model_config(CONFIG_DIR)

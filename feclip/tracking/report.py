@@ -30,10 +30,13 @@ RUN_COLUMNS = (
     "variant",
     "seed",
     "backbone",
+    "precision",
+    "device",
     "random_init",
     "parent_run_id",
     "sweep_id",
 )
+IDENTITY = ("backbone", "precision", "device")  # what a run computed with, besides its variant
 MISSING = "–"
 METRIC_NOTES = {
     "auroc": "image AUROC over all test images",
@@ -164,6 +167,8 @@ def _row(identity: dict, tags: dict, params: dict, metrics: dict) -> dict:
         "variant": f"{tags.get('method', 'feclip')} · {tags.get('variant') or identity['run_name']}",
         "seed": tags.get("seed") or params.get("seed") or "",
         "backbone": tags.get("backbone") or params.get("backbone.name") or "unknown",
+        "precision": tags.get("precision") or "unknown",
+        "device": tags.get("device") or "unknown",
         "random_init": tags.get("feclip.random_init") == "true",
         "parent_run_id": tags.get(PARENT_TAG),
         "sweep_id": tags.get("sweep_id"),
@@ -208,7 +213,7 @@ def collect_runs(
     """One row per FINISHED job run of `experiment` (sweep parent runs excluded), optionally only the children
     of `parent_run_id`. Columns: RUN_COLUMNS, then one column per metric (its last logged value).
 
-    `latest_only`: of runs repeating the same (variant, domain, seed, backbone), keep the newest, so a rerun
+    `latest_only`: of runs repeating the same (variant, domain, seed, IDENTITY), keep the newest, so a rerun
     supersedes instead of being averaged in; the count left out is `runs.attrs["superseded"]`."""
     client, exp_id = _open_experiment(uri, experiment)
     filters = ["attributes.status = 'FINISHED'"]
@@ -218,7 +223,7 @@ def collect_runs(
     runs = _frame([_run_row(run) for run in found if run.data.tags.get("feclip.parent") != "true"])
     n_all = len(runs)
     if latest_only:
-        runs = runs.drop_duplicates(["variant", "domain", "seed", "backbone"]).reset_index(drop=True)
+        runs = runs.drop_duplicates(["variant", "domain", "seed", *IDENTITY]).reset_index(drop=True)
     runs.attrs.update(experiment=experiment, uri=uri, superseded=n_all - len(runs))
     return runs
 
@@ -242,8 +247,17 @@ def _mean_cell(domain_means: pd.Series, digits: int) -> str:
     return text if len(domain_means) == len(DOMAINS) else f"{text} ({', '.join(domain_means.index)} only)"
 
 
+def identity_suffix(data: pd.DataFrame) -> pd.Series:
+    """Per run " [vit_l14_336, bf16]": the IDENTITY columns whose values differ between the runs, else ""."""
+    mixed = [column for column in IDENTITY if column in data and data[column].nunique() > 1]
+    if not mixed:
+        return pd.Series("", index=data.index)
+    return " [" + data[mixed].astype(str).agg(", ".join, axis=1) + "]"
+
+
 def variant_domain_table(runs: pd.DataFrame, metric: str, digits: int = 1) -> pd.DataFrame:
-    """Rows = variants (with `[backbone]` when the runs mix backbones) then the anchor rows for `metric`;
+    """Rows = variants (with `[backbone, precision, device]`, those of them the runs mix: runs of another
+    precision are another row, never pooled as seeds) then the anchor rows for `metric`;
     columns A B C D mean; cells "93.4 ± 0.5 (n=3)" = mean ± sample std over seeds, x100 for rate metrics,
     "–" where no run exists. attrs: metric, n_runs, backbones {name: runs}, random_init (runs), experiment."""
     if metric not in runs.columns:
@@ -252,8 +266,7 @@ def variant_domain_table(runs: pd.DataFrame, metric: str, digits: int = 1) -> pd
             f"metric {metric!r} was logged by none of the {len(runs)} runs; logged: {', '.join(logged)}"
         )
     data = runs[runs["domain"].isin(DOMAINS) & runs[metric].notna()]
-    mixed = data["backbone"].nunique() > 1
-    rows = data["variant"] + (" [" + data["backbone"] + "]" if mixed else "")
+    rows = data["variant"] + identity_suffix(data)
     values = data[metric].astype(float) * _scale(metric)
     stats = values.groupby([rows, data["domain"]]).agg(["mean", "std", "count"])
     table = pd.DataFrame(

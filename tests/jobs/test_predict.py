@@ -22,6 +22,8 @@ from feclip.evaluation.predictor import (
 )
 from feclip.jobs.predict import NothingScoredError
 from feclip.jobs.run import main
+from feclip.model.backbone import ClipBackbone
+from feclip.model.checkpoint import CheckpointError
 from feclip.runtime import Runtime
 from feclip.tracking import JobInfo
 
@@ -269,3 +271,70 @@ def test_runs_uri_checkpoints_load_for_predict(fewshot_run, tmp_path):
     assert main(cfg, tmp_path / "out", JobInfo("p", "p")) is not None
     assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 40
     assert (tmp_path / "out" / "input_model" / "checkpoint" / "manifest.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def portable_run(tmp_path_factory):
+    """FE-CLIP on domain A with the backbone's weights from a local file (a saved tiny state dict)."""
+    tmp = tmp_path_factory.mktemp("portable")
+    torch.manual_seed(3)
+    weights = tmp / "weights" / "tiny.bin"
+    weights.parent.mkdir()
+    torch.save(ClipBackbone("feclip-tiny").clip.state_dict(), weights)
+    overrides = ["domain=A", *small_data(tmp, n=40), f"backbone.pretrained={weights}", "eval.figures=false"]
+    return _train(tmp, "portable", [*overrides, "tracking.enabled=false"])
+
+
+def _predict(run: Path, out: Path, *overrides: str) -> dict:
+    """Predict run's own domain-A test/good folder; returns the predict job's run.json."""
+    folder = run / "hdmap" / "domain_A" / "test" / "good"
+    cfg = _cfg(
+        [
+            "mode=predict",
+            f"model.checkpoint={run / 'train' / 'checkpoint'}",
+            f"predict.input={folder}",
+            "tracking.enabled=false",
+            *overrides,
+        ]
+    )
+    main(cfg, out, JobInfo("C-checkpoint=x", "checkpoint=x"))
+    return json.loads((out / "run.json").read_text())
+
+
+def test_a_predict_run_is_labelled_from_the_checkpoint_not_the_default_config(portable_run, tmp_path):
+    record = _predict(portable_run, tmp_path / "out")
+    tags = record["tags"]
+    assert record["run_name"] == "A-predict-feclip"
+    assert (tags["domain"], tags["method"], tags["backbone"]) == ("A", "feclip", "feclip-tiny")
+    assert tags["feclip.random_init"] == "false" and tags["precision"] == "fp32"
+
+
+def test_a_moved_weights_file_is_found_by_override_and_checked(portable_run, tmp_path):
+    expected = pd.read_csv(portable_run / "train" / "scores.csv")
+    moved = tmp_path / "moved.bin"
+    shutil.move(portable_run / "weights" / "tiny.bin", moved)
+    try:
+        with pytest.raises(PredictError, match=r"tiny.bin .* is gone; .*predict.backbone_weights="):
+            _predict(portable_run, tmp_path / "refused")
+        _predict(portable_run, tmp_path / "out", f"predict.backbone_weights={moved}")
+        other = tmp_path / "other.bin"
+        torch.manual_seed(4)
+        torch.save(ClipBackbone("feclip-tiny").clip.state_dict(), other)
+        with pytest.raises(CheckpointError, match="backbone weights"):
+            _predict(portable_run, tmp_path / "other", f"predict.backbone_weights={other}")
+    finally:
+        shutil.move(moved, portable_run / "weights" / "tiny.bin")
+    scores = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("path")["score"]
+    good = expected[expected["label"] == 0].set_index("path")["score"]
+    np.testing.assert_allclose(scores.loc[good.index], good, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_applies_the_calibrated_precision_or_refuses_another(portable_run, tmp_path):
+    with pytest.raises(PredictError, match="calibrated at fp32"):
+        _predict(portable_run, tmp_path / "refused", "precision=bf16")
+    saved = json.loads((portable_run / "train" / "checkpoint" / "predictor.json").read_text())
+    assert saved["identity"]["precision"] == "fp32"
+    tags = _predict(portable_run, tmp_path / "out", "precision=bf16", "predict.allow_precision_change=true")[
+        "tags"
+    ]
+    assert tags["precision"] == "bf16" and tags["predict.calibrated_precision"] == "fp32"

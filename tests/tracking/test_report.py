@@ -189,3 +189,17 @@ def test_anchor_means_match_published_means():
         if anchor.mean is not None:
             computed = sum(map(float, anchor.values)) / 4
             assert math.isclose(computed, float(anchor.mean), abs_tol=0.011), anchor.row
+
+
+def test_runs_of_another_precision_are_another_row_never_pooled_as_seeds(tmp_path):
+    """An fp32 and a bf16 run of one variant and seed: both kept by collect_runs, two rows in the table."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("precisions")
+    for start, (name, auroc) in enumerate([("fp32", 0.40), ("bf16", 0.20)]):
+        _log(client, exp, start, "default", "C", 0, {"auroc": auroc}, precision=name, device="cpu")
+    runs = report.collect_runs(uri, "precisions")
+    assert len(runs) == 2 and runs.attrs["superseded"] == 0
+    table = report.variant_domain_table(runs, "auroc")
+    assert table.loc["feclip · default [fp32]", "C"] == "40.0"
+    assert table.loc["feclip · default [bf16]", "C"] == "20.0"

@@ -159,12 +159,12 @@ class FEClipMethod(Method):
             save_file(weights, Path(directory) / BACKBONE_WEIGHTS)
 
     @classmethod
-    def load(cls, directory: Path) -> FEClipMethod:
+    def load(cls, directory: Path, *, weights: str | None = None) -> FEClipMethod:
         """The method saved in `directory` (also format-1 checkpoints, whose text features sit in
-        predictor.json)."""
+        predictor.json); `weights`: the backbone weights file's place now (its fingerprint is checked)."""
         directory = Path(directory)
         description = read_description(directory)
-        backbone = ClipBackbone(description["backbone"], description["pretrained"])
+        backbone = ClipBackbone(description["backbone"], weights or description["pretrained"])
         if description["pretrained"] is None:
             backbone.load_state_dict(load_file(directory / BACKBONE_WEIGHTS))
         extra = read_extra(directory, description)

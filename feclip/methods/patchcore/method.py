@@ -26,7 +26,13 @@ from safetensors.torch import load_file, save_file
 
 from feclip.methods.base import Method, MethodOutput
 from feclip.methods.patchcore.backbone import TimmFeatures
-from feclip.methods.patchcore.model import PatchCore, anomaly_map, reweighted_image_score, score_patches
+from feclip.methods.patchcore.model import (
+    PatchCore,
+    PatchCoreError,
+    anomaly_map,
+    reweighted_image_score,
+    score_patches,
+)
 from feclip.model.backbone import weights_fingerprint
 from feclip.runtime import seed_everything
 
@@ -55,6 +61,10 @@ class PatchCoreMethod(Method):
     @classmethod
     def config_backbone(cls, cfg: DictConfig) -> str:
         return cfg.method.backbone
+
+    @classmethod
+    def config_weights(cls, cfg: DictConfig):
+        return cfg.method.pretrained
 
     @classmethod
     def _build(cls, settings: dict) -> PatchCore:
@@ -158,7 +168,12 @@ class PatchCoreMethod(Method):
         return terms["score"].float(), amap
 
     def describe(self) -> dict:
-        return {"method": self.name, "settings": self.settings, "uses_references": self.uses_references}
+        return {
+            "method": self.name,
+            "settings": self.settings,
+            "uses_references": self.uses_references,
+            "backbone_weights": weights_fingerprint(self.model.features),
+        }
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
@@ -172,12 +187,22 @@ class PatchCoreMethod(Method):
         save_file(state, directory / STATE_FILE)
 
     @classmethod
-    def load(cls, directory: Path) -> PatchCoreMethod:
+    def load(cls, directory: Path, *, weights: str | None = None) -> PatchCoreMethod:
+        """The method saved in `directory`; `weights`: the backbone weights file's place now (checked
+        against the fingerprint saved with the model)."""
         description = json.loads((Path(directory) / DESCRIPTION_FILE).read_text())
-        model = cls._build(description["settings"])
+        settings = {**description["settings"], **({"pretrained": str(weights)} if weights else {})}
+        model = cls._build(settings)
         state = load_file(Path(directory) / STATE_FILE)
         features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
         if features:
             model.features.load_state_dict(features)
+        saved = description.get("backbone_weights")
+        if saved is not None and saved != weights_fingerprint(model.features):
+            raise PatchCoreError(
+                f"{directory}: backbone {settings['backbone']} ({settings['pretrained']}) has other weights "
+                f"here ({weights_fingerprint(model.features)}) than when the model was saved ({saved}); "
+                "expected the same weights"
+            )
         model.memory_bank = state["memory_bank"]
-        return cls(model, settings=description["settings"], uses_references=description["uses_references"])
+        return cls(model, settings=settings, uses_references=description["uses_references"])

@@ -131,10 +131,11 @@ class WinClipMethod(Method):
         save_file(state, directory / STATE_FILE)
 
     @classmethod
-    def load(cls, directory: Path) -> WinClipMethod:
+    def load(cls, directory: Path, *, weights: str | None = None) -> WinClipMethod:
+        """The method saved in `directory`; `weights`: the backbone weights file's place now."""
         description = json.loads((Path(directory) / DESCRIPTION_FILE).read_text())
         state = load_file(Path(directory) / STATE_FILE)
-        backbone = ClipBackbone(description["backbone"], description["pretrained"])
+        backbone = ClipBackbone(description["backbone"], weights or description["pretrained"])
         weights = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         if weights:
             backbone.load_state_dict(weights)
