@@ -24,7 +24,7 @@ from feclip.jobs.registry import MODES, PROTOCOLS
 from feclip.methods.patchcore.backbone import PRESETS as PATCHCORE_BACKBONES
 from feclip.methods.registry import METHODS
 from feclip.model.adapters import LFS_STATISTICS
-from feclip.model.backbone import WEIGHT_SUFFIXES
+from feclip.model.backbone import ACTIVATIONS, WEIGHT_SUFFIXES
 from feclip.model.feclip import FC_INITS, MAPS, SCORES, TAP_PRESETS
 from feclip.model.frequency import TRANSFORMS
 from feclip.precision import PRECISIONS
@@ -59,6 +59,7 @@ REGISTRIES = (
     FC_INITS,
     CACHE_DTYPES,
     PATCHCORE_BACKBONES,
+    ACTIVATIONS,
 )
 CHOICES: dict[str, Registry] = {registry.key: registry for registry in REGISTRIES}
 

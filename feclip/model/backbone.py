@@ -7,8 +7,11 @@ and `project` (ln_post + CLIP projection); chaining them over all blocks reprodu
 
 Weights (`pretrained`): None = random init (seed the torch RNG first), an open_clip tag ('openai', ...) or a
 local weights file. A tag whose weights are not cached fails at once when the hub is offline or unreachable.
-Tags trained with QuickGELU (e.g. OpenAI's) build the model with QuickGELU; a local OpenAI weights file
-needs a `-quickgelu` model name (e.g. ViT-L-14-336-quickgelu).
+Weights load with the activation they were trained with (`activation`: auto | gelu | quickgelu): a tag
+with its own (OpenAI's are QuickGELU); a local file, for `auto`, by `file_activation`: QuickGELU for a
+`-quickgelu` model name, a file in OpenAI's own format, or a model whose every published tag is QuickGELU
+(ViT-L-14-336); GELU where every tag is GELU (or none is published); a model published both ways (ViT-B-16)
+must be told.
 The repo ships a tiny random-init ViT, "feclip-tiny" (configs/feclip-tiny.json), for tests and CPU runs.
 """
 
@@ -38,11 +41,14 @@ from torch import nn
 
 from feclip.errors import FeclipError
 from feclip.precision import full, reduced
+from feclip.registry import Registry
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TINY = "feclip-tiny"
 LOCAL_FILE_HINT = "backbone.pretrained=/path/to/open_clip_pytorch_model.bin"
 _TRUE = ("1", "on", "yes", "true")
+ACTIVATIONS = Registry("backbone activation", "backbone.activation", ("auto", "gelu", "quickgelu"))
+OPENAI_KEYS = ("input_resolution", "context_length", "vocab_size")  # kept in OpenAI's own checkpoints
 WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")  # a `pretrained` value that is a file
 
 if TINY not in open_clip.list_models():
@@ -96,9 +102,10 @@ def _check_download_possible(model_name: str, tag: str, tag_cfg: dict) -> None:
         reason = f"{host or 'the download host'} cannot be reached (no network?)"
     else:
         return
+    quick = " backbone.activation=quickgelu" if tag_cfg.get("quick_gelu", False) else ""
     raise BackboneError(
         f"backbone {model_name!r}: weights for tag {tag!r} are not cached and {reason}; "
-        f"download them once online or pass a local file with {LOCAL_FILE_HINT}"
+        f"download them once online or pass a local file with {LOCAL_FILE_HINT}{quick}"
     )
 
 
@@ -111,14 +118,56 @@ def backbone_config(model_name: str) -> dict:
     return open_clip.get_model_config(model_name)
 
 
-def create_clip(model_name: str, pretrained: str | None) -> nn.Module:
-    """The open_clip model `model_name` with weights `pretrained` (None | tag | file); one-line errors."""
+def _tag_activations(model_name: str) -> set[str]:
+    """The activations of `model_name`'s published open_clip tags (empty for a model with none)."""
+    return {
+        "quickgelu" if get_pretrained_cfg(model_name, tag).get("quick_gelu", False) else "gelu"
+        for tag in list_pretrained_tags_by_model(model_name)
+    }
+
+
+def _named_quickgelu(model_name: str) -> bool:
+    return bool(open_clip.get_model_config(model_name).get("quick_gelu", False))
+
+
+def _checked_activation(model_name: str, asked: str, trained: str, source: str) -> str:
+    """`trained` (what the weights need), refused when `asked` says otherwise."""
+    if asked not in ("auto", trained):
+        raise BackboneError(
+            f"backbone {model_name!r}: backbone.activation={asked} but {source} was trained with {trained}; "
+            f"expected backbone.activation=auto or {trained}"
+        )
+    return trained
+
+
+def file_activation(model_name: str, path: str, state: dict, asked: str = "auto") -> str:
+    """'quickgelu' | 'gelu': the activation a local weights file loads with (see the module docstring)."""
+    ACTIVATIONS.get_entry(asked)
+    if _named_quickgelu(model_name):
+        return _checked_activation(model_name, asked, "quickgelu", f"the -quickgelu name {model_name}")
+    if any(key in state for key in OPENAI_KEYS):
+        return _checked_activation(model_name, asked, "quickgelu", f"{path} (OpenAI's own format)")
+    if asked != "auto":
+        return asked
+    published = _tag_activations(model_name)
+    if len(published) > 1:
+        raise BackboneError(
+            f"backbone {model_name!r}: weights file {path} may be OpenAI's (QuickGELU) or another "
+            "release's (GELU); expected backbone.activation=quickgelu or backbone.activation=gelu"
+        )
+    return published.pop() if published else "gelu"
+
+
+def create_clip(model_name: str, pretrained: str | None, activation: str = "auto") -> nn.Module:
+    """The open_clip model `model_name` with weights `pretrained` (None | tag | file) and the activation
+    they were trained with (`activation`: auto | gelu | quickgelu); one-line errors."""
     backbone_config(model_name)
+    ACTIVATIONS.get_entry(activation)
     if pretrained is None:
-        return open_clip.create_model(model_name)
+        return open_clip.create_model(model_name, force_quick_gelu=activation == "quickgelu")
     pretrained = str(pretrained)
     if os.path.isfile(pretrained):
-        return _from_file(model_name, pretrained)
+        return _from_file(model_name, pretrained, activation)
     tag_cfg = get_pretrained_cfg(model_name, pretrained)
     if not tag_cfg:
         known = ", ".join(list_pretrained_tags_by_model(model_name)) or "none"
@@ -126,9 +175,11 @@ def create_clip(model_name: str, pretrained: str | None) -> nn.Module:
             f"backbone {model_name!r}: pretrained={pretrained!r} is neither an open_clip tag "
             f"(known: {known}) nor an existing file; pass a local file with {LOCAL_FILE_HINT}"
         )
+    trained = "quickgelu" if tag_cfg.get("quick_gelu", False) else "gelu"
+    _checked_activation(model_name, activation, trained, f"tag {pretrained!r}")
     if not _tag_cached(tag_cfg):
         _check_download_possible(model_name, pretrained, tag_cfg)
-    options = {"force_quick_gelu": bool(tag_cfg.get("quick_gelu", False))}
+    options = {"force_quick_gelu": trained == "quickgelu"}
     return _create(
         model_name, pretrained, options, f"with no network pass a local file with {LOCAL_FILE_HINT}"
     )
@@ -189,11 +240,17 @@ def _check_state_dict(model_name: str, path: str, model: nn.Module, state: dict[
         )
 
 
-def _from_file(model_name: str, path: str) -> nn.Module:
-    """The model with the weights of a local file, checked first (one-line errors)."""
-    model = open_clip.create_model(model_name)
-    _check_state_dict(model_name, path, model, _read_state_dict(model_name, path))
-    load_checkpoint(model, path)
+def _from_file(model_name: str, path: str, activation: str = "auto") -> nn.Module:
+    """The model with the weights of a local file and the activation they need, checked first (one-line
+    errors)."""
+    state = _read_state_dict(model_name, path)
+    quick = file_activation(model_name, path, state, activation) == "quickgelu"
+    model = open_clip.create_model(model_name, force_quick_gelu=quick)
+    _check_state_dict(model_name, path, model, {k: v for k, v in state.items() if k not in OPENAI_KEYS})
+    # keys and shapes are checked above; OpenAI's format adds only its OPENAI_KEYS (not parameters)
+    loaded = load_checkpoint(model, path, strict=False)
+    if loaded.missing_keys or set(loaded.unexpected_keys) - set(OPENAI_KEYS):
+        raise BackboneError(f"backbone {model_name!r}: weights file {path} did not load: {loaded}")
     return model
 
 
@@ -238,11 +295,11 @@ def interpolate_positional_embedding(pos: torch.Tensor, native_grid, grid) -> to
 class ClipBackbone(nn.Module):
     """Frozen open_clip ViT; tokens are (B, 1 + gh * gw, D) with the class token first, batch first."""
 
-    def __init__(self, model_name: str, pretrained: str | None = None) -> None:
+    def __init__(self, model_name: str, pretrained: str | None = None, activation: str = "auto") -> None:
         super().__init__()
         self.model_name = model_name
         self.pretrained = None if pretrained is None else str(pretrained)
-        self.clip = create_clip(model_name, pretrained)
+        self.clip = create_clip(model_name, pretrained, activation)
         visual = self.clip.visual
         _check_vision_tower(model_name, visual)
         self.clip.requires_grad_(False)
@@ -257,6 +314,12 @@ class ClipBackbone(nn.Module):
         self.mean: tuple = tuple(preprocess.get("mean", OPENAI_DATASET_MEAN))
         self.std: tuple = tuple(preprocess.get("std", OPENAI_DATASET_STD))
         self._tokenizer = open_clip.get_tokenizer(model_name)
+
+    @property
+    def activation(self) -> str:
+        """'quickgelu' | 'gelu': the MLP activation the tower was built with (a checkpoint records it)."""
+        quick = isinstance(self.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+        return "quickgelu" if quick else "gelu"
 
     @functools.cached_property
     def fingerprint(self) -> str:

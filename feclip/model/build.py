@@ -58,7 +58,7 @@ def prompt_lists(prompt: DictConfig) -> tuple[list[str], list[str], list[str]]:
 def build_backbone(cfg: DictConfig) -> ClipBackbone:
     """The frozen open_clip backbone of the `backbone` group (seeded first: random init is reproducible)."""
     seed_everything(cfg.seed)
-    return ClipBackbone(cfg.backbone.name, cfg.backbone.pretrained)
+    return ClipBackbone(cfg.backbone.name, cfg.backbone.pretrained, cfg.backbone.activation)
 
 
 def build_feclip(cfg: DictConfig) -> FEClip:

@@ -55,6 +55,7 @@ def describe(model: FEClip, input_size=None) -> dict[str, Any]:
         "format": FORMAT,
         "backbone": backbone.model_name,
         "pretrained": backbone.pretrained,
+        "activation": backbone.activation,
         "width": backbone.width,
         "embed_dim": backbone.embed_dim,
         "num_blocks": backbone.num_blocks,

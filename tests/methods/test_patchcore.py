@@ -260,7 +260,8 @@ def test_uncached_weights_fail_fast_offline_or_without_network(tmp_path):
     offline, unreachable = done.stdout.strip().splitlines()
     for message in (offline, unreachable):
         assert "'dinov2_vits14'" in message and "vit_small_patch14_dinov2" in message
-        assert "pretrained=/path/to/model.safetensors" in message and "pretrained_cfg_overlay" in message
+        assert "method.pretrained=/path/to/model.safetensors" in message
+        assert "pretrained_cfg_overlay" in message
     assert "HF_HUB_OFFLINE=1" in offline
     assert "127.0.0.1 cannot be reached" in unreachable
 

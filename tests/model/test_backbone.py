@@ -9,6 +9,7 @@ import pytest
 import torch
 from open_clip.model import resize_pos_embed
 
+import feclip.model.backbone as backbone_module
 from feclip.model.backbone import BackboneError, ClipBackbone, interpolate_positional_embedding
 from feclip.model.feclip import FEClip, FEClipConfig
 
@@ -242,6 +243,36 @@ def test_uncached_tag_fails_fast_offline_or_without_network(tmp_path):
     offline, unreachable = done.stdout.strip().splitlines()
     for message in (offline, unreachable):
         assert "'ViT-B-16'" in message and "'openai'" in message
-        assert "backbone.pretrained=/path/to/open_clip_pytorch_model.bin" in message
+        hint = "backbone.pretrained=/path/to/open_clip_pytorch_model.bin backbone.activation=quickgelu"
+        assert hint in message
     assert "HF_HUB_OFFLINE=1" in offline
     assert "127.0.0.1 cannot be reached" in unreachable
+
+
+def _encoded(backbone: ClipBackbone) -> torch.Tensor:
+    return backbone.clip.encode_image(torch.linspace(-1, 1, 3 * 224 * 224).view(1, 3, 224, 224))
+
+
+def test_weights_load_with_the_activation_they_were_trained_with(tmp_path, monkeypatch):
+    """A QuickGELU-trained tiny model saved as OpenAI distributes it (its format's extra keys) loads with
+    QuickGELU and computes what it computed; a plain file of a model published both ways must be told."""
+    torch.manual_seed(5)
+    trained = ClipBackbone("feclip-tiny", activation="quickgelu")
+    assert trained.activation == "quickgelu"
+    markers = {key: torch.tensor(77) for key in backbone_module.OPENAI_KEYS}
+    openai_format = {**trained.clip.state_dict(), **markers}
+    loaded = ClipBackbone("feclip-tiny", _write_weights(tmp_path / "openai.pt", openai_format))
+    assert loaded.activation == "quickgelu"
+    torch.testing.assert_close(_encoded(loaded), _encoded(trained), rtol=0, atol=0)
+    plain = _write_weights(tmp_path / "plain.pt", dict(trained.clip.state_dict()))
+    as_gelu = ClipBackbone("feclip-tiny", plain)  # no tags published: GELU, as its config says
+    assert as_gelu.activation == "gelu" and not torch.allclose(_encoded(as_gelu), _encoded(trained))
+    assert ClipBackbone("feclip-tiny", plain, "quickgelu").activation == "quickgelu"
+    monkeypatch.setattr(backbone_module, "_tag_activations", lambda name: {"quickgelu"})  # as ViT-L-14-336
+    assert ClipBackbone("feclip-tiny", plain).activation == "quickgelu"
+    monkeypatch.setattr(backbone_module, "_tag_activations", lambda name: {"quickgelu", "gelu"})  # ViT-B-16
+    with pytest.raises(BackboneError, match=r"plain.pt may be OpenAI's .*backbone.activation=quickgelu or"):
+        ClipBackbone("feclip-tiny", plain)
+    assert ClipBackbone("feclip-tiny", plain, "gelu").activation == "gelu"
+    with pytest.raises(BackboneError, match=r"activation=gelu but .*OpenAI's own format\) was trained with"):
+        ClipBackbone("feclip-tiny", str(tmp_path / "openai.pt"), "gelu")

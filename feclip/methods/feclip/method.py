@@ -164,7 +164,8 @@ class FEClipMethod(Method):
         predictor.json); `weights`: the backbone weights file's place now (its fingerprint is checked)."""
         directory = Path(directory)
         description = read_description(directory)
-        backbone = ClipBackbone(description["backbone"], weights or description["pretrained"])
+        pretrained = weights or description["pretrained"]
+        backbone = ClipBackbone(description["backbone"], pretrained, description.get("activation", "auto"))
         if description["pretrained"] is None:
             backbone.load_state_dict(load_file(directory / BACKBONE_WEIGHTS))
         extra = read_extra(directory, description)

@@ -33,7 +33,7 @@ from feclip.model.backbone import hub_offline, reachable
 from feclip.precision import reduced
 from feclip.registry import Registry
 
-LOCAL_FILE_HINT = "pretrained=/path/to/model.safetensors (timm pretrained_cfg_overlay=dict(file=...))"
+LOCAL_FILE_HINT = "method.pretrained=/path/to/model.safetensors (timm pretrained_cfg_overlay=dict(file=...))"
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ def create_timm(preset: str, pretrained: bool | str | Path, options: Mapping) ->
     if pretrained is True:
         if not spec.has_weights:
             raise TimmFeaturesError(
-                f"feature backbone {preset!r} has no published weights: use pretrained=False or a local file"
+                f"feature backbone {preset!r} has no published weights: use method.pretrained=false or a "
+                "local file"
             )
         cfg = timm.models.get_pretrained_cfg(spec.model)
         if not _weights_cached(cfg):

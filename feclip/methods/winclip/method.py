@@ -122,6 +122,7 @@ class WinClipMethod(Method):
             "input_size": list(self.size),
             "backbone": backbone.model_name,
             "pretrained": backbone.pretrained,
+            "activation": backbone.activation,
             "backbone_weights": backbone.fingerprint,
         }
         (directory / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2))
@@ -135,7 +136,8 @@ class WinClipMethod(Method):
         """The method saved in `directory`; `weights`: the backbone weights file's place now."""
         description = json.loads((Path(directory) / DESCRIPTION_FILE).read_text())
         state = load_file(Path(directory) / STATE_FILE)
-        backbone = ClipBackbone(description["backbone"], weights or description["pretrained"])
+        pretrained = weights or description["pretrained"]
+        backbone = ClipBackbone(description["backbone"], pretrained, description.get("activation", "auto"))
         weights = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         if weights:
             backbone.load_state_dict(weights)
