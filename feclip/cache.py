@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from feclip.runtime import Runtime
 
 CACHE_DTYPES = choices("cache storage dtype", "train.cache_dtype", ("auto", "fp32", "bf16"))
 STORAGE = {"fp32": (torch.float32, np.float32), "bf16": (torch.bfloat16, np.int16)}  # bf16 bits as int16
+AUTO_CAP_FRACTION = 0.5  # cache_max_gb=auto: the folder may take half the disk space free when a job starts
 
 
 class CacheError(FeclipError):
@@ -156,8 +158,9 @@ def frozen_features(method, images: ImageSet, rt: Runtime) -> Frozen | None:
         "created": time.time(),
     }
     meta_path.write_text(json.dumps(meta, indent=2))
-    if rt.cache_max_gb is not None:
-        evict(folder, max_bytes=int(rt.cache_max_gb * 2**30), keep=key)
+    cap_gb = resolve_cap(rt.cache_max_gb, folder)
+    if cap_gb is not None:
+        evict(folder, max_bytes=int(cap_gb * 2**30), keep=key)
     return _read(path, meta)
 
 
@@ -169,6 +172,15 @@ def entries(folder: Path) -> list[dict]:
         size = npy.stat().st_size if npy.exists() else 0
         records.append({"key": meta_path.stem, "bytes": size, "used": meta_path.stat().st_mtime, "path": npy})
     return sorted(records, key=lambda r: r["used"])
+
+
+def resolve_cap(cap: float | str | None, folder: Path) -> float | None:
+    """The cap in GB of `train.cache_max_gb`: a number, None (no cap) or 'auto': what the folder holds now
+    plus AUTO_CAP_FRACTION of the free space of its disk (a four-domain ViT-L sweep caches ~18 GB)."""
+    if cap != "auto":
+        return cap
+    existing = next(p for p in (Path(folder).absolute(), *Path(folder).absolute().parents) if p.exists())
+    return (size_bytes(folder) + AUTO_CAP_FRACTION * shutil.disk_usage(existing).free) / 2**30
 
 
 def size_bytes(folder: Path) -> int:

@@ -111,7 +111,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "aux.faults_per_normal": (lambda v: _number(v) and v > 0, "a positive number"),
     "eval.n_map_examples": (_positive_int, "a positive integer"),
     "eval.calibration.topk": (_positive_int, "a positive integer"),
-    "train.cache_max_gb": (lambda v: _number(v) and v > 0, "a positive number of GB or null"),
+    "train.cache_max_gb": (
+        lambda v: v == "auto" or (_number(v) and v > 0),
+        "a positive number of GB, auto or null",
+    ),
 }
 
 

@@ -38,7 +38,7 @@ class Runtime:
     cache: str = "off"
     cache_dir: Path = Path("data/cache")
     cache_dtype: str = "auto"  # fp32 | bf16 | auto (the run's precision)
-    cache_max_gb: float | None = None  # size cap of cache_dir; least recently used entries go first
+    cache_max_gb: float | str | None = None  # cap of cache_dir in GB, 'auto' (from free disk) or None; LRU
 
     def policy(self) -> contextlib.AbstractContextManager:
         """The precision policy of this run around a method's work (`feclip.precision.policy`): only the

@@ -2,11 +2,12 @@
 input that changes the frozen features."""
 
 import json
+import shutil
 
 import torch
 from helpers import feclip_model, hdmap_set
 
-from feclip.cache import cache_key, compute_frozen, entries, frozen_features, main
+from feclip.cache import cache_key, compute_frozen, entries, frozen_features, main, resolve_cap
 from feclip.data.sets import labelled_set
 from feclip.data.transforms import HDMAPInput
 from feclip.methods.feclip.method import FEClipMethod
@@ -119,3 +120,13 @@ def test_cli_lists_and_clears(tmp_path, capsys):
     assert main(["--list", "--dir", str(tmp_path)]) == 0 and "1 entries" in capsys.readouterr().out
     assert main(["--clear", "--older-than", "1", "--dir", str(tmp_path)]) == 0 and len(entries(tmp_path)) == 1
     assert main(["--clear", "--dir", str(tmp_path)]) == 0 and entries(tmp_path) == []
+
+
+def test_the_auto_cap_is_what_the_folder_holds_plus_half_the_free_disk(tmp_path):
+    folder = tmp_path / "not" / "yet"  # the cap is known before the folder exists
+    free = shutil.disk_usage(tmp_path).free
+    assert abs(resolve_cap("auto", folder) - 0.5 * free / 2**30) < 0.01
+    folder.mkdir(parents=True)
+    (folder / "entry.npy").write_bytes(b"0" * 2**20)
+    assert abs(resolve_cap("auto", folder) - (2**20 + 0.5 * shutil.disk_usage(tmp_path).free) / 2**30) < 0.01
+    assert resolve_cap(3.0, folder) == 3.0 and resolve_cap(None, folder) is None

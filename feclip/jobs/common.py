@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from feclip import tracking
-from feclip.cache import size_bytes
+from feclip.cache import resolve_cap, size_bytes
 from feclip.data.sources import AUX_SOURCES
 from feclip.evaluation.metrics import MetricWarning
 from feclip.evaluation.predictor import predict_identity
@@ -217,9 +217,10 @@ def cache_line(cfg: DictConfig) -> str | None:
     folder = Path(cfg.cache_dir)
     if OmegaConf.select(cfg, "train.token_cache", default=None) != "disk" or not folder.is_dir():
         return None
-    cap = cfg.train.cache_max_gb
+    cap = resolve_cap(cfg.train.cache_max_gb, folder)
+    auto = ", auto: half the free disk" if cfg.train.cache_max_gb == "auto" else ""
     limit = (
-        f" (cap {cap} GB)"
+        f" (cap {cap:.1f} GB{auto})"
         if cap
         else " (no cap: train.cache_max_gb; clear: python -m feclip.cache --clear --dir <dir>)"
     )
