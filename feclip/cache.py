@@ -9,9 +9,10 @@ run), `disk` (stored under `cache_dir`, shared by the jobs of a sweep; any chang
 
 A disk entry is `<key>.npy` (the features, written chunk by chunk into a memory map, never concatenated in
 RAM, and memory-mapped on read) plus `<key>.json` (what it holds, written last: an entry without it is
-incomplete). Features are stored in `train.cache_dtype` (`auto`: the run's precision; bf16 halves the disk
-and RAM of fp32 tokens and is what a bf16 run computes anyway). An unreadable or truncated entry is reported
-in one line and recomputed. `train.cache_max_gb` caps the folder: the least recently used entries are removed
+incomplete). Features are stored in `train.cache_dtype` (`auto`: float32, as computed; bf16 halves the disk
+and RAM, only where the features feed the backbone again: `storage_dtype`). An unreadable or truncated
+entry is reported in one line and recomputed. `train.cache_max_gb` caps the folder (`auto`: its size plus
+half the free disk): the least recently used entries are removed
 first. List or clear the cache with
 
     python -m feclip.cache --list [--dir data/cache]
@@ -35,6 +36,7 @@ import torch
 
 from feclip.data.sets import ImageSet
 from feclip.errors import FeclipError
+from feclip.precision import OPERATIONS
 from feclip.progress import progress
 from feclip.registry import choices
 from feclip.runtime import Runtime
@@ -65,9 +67,18 @@ class Frozen:
         return Frozen(self.features.to(device), self.input_size)
 
 
-def storage_dtype(rt: Runtime, dtype: str = "auto") -> str:
-    """'fp32' | 'bf16': `dtype`, or the run's precision for 'auto'."""
-    return CACHE_DTYPES.get_entry(dtype) if dtype != "auto" else rt.precision
+def storage_dtype(method, dtype: str = "auto") -> str:
+    """'fp32' | 'bf16': how `method`'s frozen features are stored. `auto` = fp32, what they are computed in
+    (the residual stream stays float32 under bf16 autocast), so cached and uncached scores agree; bf16 (half
+    the disk) only for features that feed a reducible operation (`Method.frozen_feeds`, feclip/precision.py):
+    PatchCore's feed distances, which the policy keeps in float32."""
+    CACHE_DTYPES.get_entry(dtype)
+    if dtype == "bf16" and not OPERATIONS.get_entry(method.frozen_feeds).reducible:
+        raise CacheError(
+            f"train.cache_dtype=bf16: {method.name}'s frozen features feed {method.frozen_feeds}, which the "
+            "precision policy keeps in float32; expected train.cache_dtype=auto or fp32"
+        )
+    return "bf16" if dtype == "bf16" else "fp32"
 
 
 def cache_key(frozen_key: str, images: ImageSet, *, precision: str, device: str, dtype: str) -> str:
@@ -134,7 +145,7 @@ def frozen_features(method, images: ImageSet, rt: Runtime) -> Frozen | None:
         return None
     if rt.cache == "memory":
         return compute_frozen(method, images, rt)
-    stored = storage_dtype(rt, rt.cache_dtype)
+    stored = storage_dtype(method, rt.cache_dtype)
     key = cache_key(method.frozen_key(), images, precision=rt.precision, device=rt.device.type, dtype=stored)
     folder = Path(rt.cache_dir)
     folder.mkdir(parents=True, exist_ok=True)

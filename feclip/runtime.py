@@ -37,7 +37,7 @@ class Runtime:
     batch_size: int = 64
     cache: str = "off"
     cache_dir: Path = Path("data/cache")
-    cache_dtype: str = "auto"  # fp32 | bf16 | auto (the run's precision)
+    cache_dtype: str = "auto"  # fp32 | bf16 | auto (fp32, as computed; `feclip.cache.storage_dtype`)
     cache_max_gb: float | str | None = None  # cap of cache_dir in GB, 'auto' (from free disk) or None; LRU
 
     def policy(self) -> contextlib.AbstractContextManager:

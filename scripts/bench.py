@@ -38,7 +38,6 @@ every table says which.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import functools
 import json
@@ -72,6 +71,8 @@ from feclip.model.winograd import (  # noqa: E402
     winograd_conv3x3,
     winograd_filters,
 )
+from feclip.precision import PRECISIONS  # noqa: E402
+from feclip.precision import policy as precision_policy  # noqa: E402
 
 CONF = ROOT / "conf"
 TRANSFORM_NAMES = ("dct", "fft")
@@ -223,7 +224,7 @@ def feclip_model(backbone, transform: str, taps, text, statistic: str = "mean") 
 
 # -------------------------------------------------------------------------------------------- sections
 def bench_inference(backbone, images, text, args, ctx) -> dict:
-    device, autocast = ctx["device"], ctx["autocast"]
+    device, policy = ctx["device"], ctx["policy"]
     models = {t: feclip_model(backbone, t, args.taps, text).to(device).eval() for t in TRANSFORM_NAMES}
     native = tuple(images.shape[-2:]) == backbone.native_size
     if native:
@@ -236,7 +237,7 @@ def bench_inference(backbone, images, text, args, ctx) -> dict:
         }
     fns |= {t: functools.partial(m, images, per_tap_maps=False) for t, m in models.items()}  # as inference
     peaks = {}
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode(), policy():
         times = interleaved(fns, device, args.repeats)
         for name, fn in fns.items():  # peak memory of each variant alone (one more call)
             reset_peak(device)
@@ -354,7 +355,7 @@ def bench_taps(backbone, images, text, args, ctx) -> dict:
 def bench_train(backbone, images, text, args, ctx) -> dict:
     """One Adam step from images (uncached) vs from the pre-tap tokens (cached, as
     feclip.methods.feclip.train does), for freq dct and fft: four variants measured interleaved."""
-    device, autocast = ctx["device"], ctx["autocast"]
+    device, policy = ctx["device"], ctx["policy"]
     models = {t: feclip_model(backbone, t, args.train_taps, text).to(device).train() for t in TRANSFORM_NAMES}
     optimizers = {t: torch.optim.Adam(m.param_groups(5e-4, 0.01)) for t, m in models.items()}
     n = len(images)
@@ -363,13 +364,13 @@ def bench_train(backbone, images, text, args, ctx) -> dict:
     has_mask = torch.ones(n, dtype=torch.bool, device=device)
     size = tuple(images.shape[-2:])
     grid = backbone.grid_size(size)
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode(), policy():
         tokens = models["dct"].pre_tap_tokens(images)
-    tokens = tokens.clone()  # out of inference mode, in its autocast dtype (the cache stores that)
+    tokens = tokens.clone()  # out of inference mode, in its policy dtype (the cache stores that)
 
     def step(transform: str, cached: bool) -> None:
         model = models[transform]
-        with autocast():
+        with policy():
             out = (
                 model.forward_from_tokens(tokens.float(), size, token_grid=grid) if cached else model(images)
             )
@@ -426,7 +427,7 @@ def bench_patchcore(args, ctx) -> dict:
     from feclip.methods.patchcore.method import PatchCoreMethod
     from feclip.methods.patchcore.model import anomaly_map, score_patches
 
-    device, autocast = ctx["device"], ctx["autocast"]
+    device, policy = ctx["device"], ctx["policy"]
     settings = {
         k: v
         for k, v in OmegaConf.to_container(OmegaConf.load(CONF / "method" / "patchcore.yaml")).items()
@@ -441,7 +442,7 @@ def bench_patchcore(args, ctx) -> dict:
     with torch.inference_mode():
         sync(device)
         start = time.perf_counter()
-        with autocast():
+        with policy():
             patches = torch.cat([model.patch_features(train[i : i + 16]) for i in range(0, len(train), 16)])
         sync(device)
         extract = time.perf_counter() - start
@@ -453,7 +454,7 @@ def bench_patchcore(args, ctx) -> dict:
         sync(device)
         coreset = time.perf_counter() - start
         model.memory_bank = bank_all[keep].contiguous()
-        with autocast():
+        with policy():
             query = model.patch_features(test).float()
 
         def knn():
@@ -462,7 +463,7 @@ def bench_patchcore(args, ctx) -> dict:
             )
 
         def full():
-            with autocast():
+            with policy():
                 return model(test)
 
         times = interleaved({"knn": knn, "full": full}, device, args.repeats)
@@ -627,7 +628,11 @@ def bench_cache(backbone, args, ctx) -> dict:
     raw = torch.rand(n, 31, 95, generator=torch.Generator().manual_seed(0))
     images = labelled_set(raw, torch.zeros(n), HDMAPInput(size))
     method = SimpleNamespace(
-        name="feclip", caches_frozen=True, frozen_key=lambda: "bench", frozen=model.pre_tap_tokens
+        name="feclip",
+        caches_frozen=True,
+        frozen_feeds="backbone",
+        frozen_key=lambda: "bench",
+        frozen=model.pre_tap_tokens,
     )
     folder = Path(tempfile.mkdtemp(prefix="feclip_bench_cache_"))
     rt = Runtime(
@@ -848,7 +853,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--image-size", default=None, help="N or HxW (default: the backbone conf's input size)"
     )
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="fp32", choices=[p for p in PRECISIONS if p != "auto"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5, help="median of N interleaved measurements")
     parser.add_argument(
@@ -890,7 +895,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda but torch sees no CUDA device")
     if args.precision == "bf16" and args.device == "cpu":
-        print("bench: note: bf16 autocast on CPU is slow on most CPUs; the paper setting is bf16 on CUDA")
+        print("bench: note: bf16 on CPU is slow on most CPUs; the paper setting is bf16 on CUDA")
     args.taps, args.train_taps = parse_taps(args.taps), parse_taps(args.train_taps)
     args.skip = {s for s in args.skip.split(",") if s}
     unknown = args.skip - {"inference", "lfs", "taps", "train"}
@@ -905,12 +910,9 @@ def run(args: argparse.Namespace) -> dict:
     size = parse_size(args.image_size) if args.image_size else spec["input_size"]
     backbone, weights = build_backbone(spec, args.weights)
     backbone = backbone.to(device)
-    dtype = torch.bfloat16
 
-    def autocast():
-        return (
-            torch.autocast(device.type, dtype=dtype) if args.precision == "bf16" else contextlib.nullcontext()
-        )
+    def policy():  # the run's precision policy: only the frozen backbone is reduced (feclip/precision.py)
+        return precision_policy(args.precision, device.type)
 
     machine = (
         torch.cuda.get_device_name(device)
@@ -920,7 +922,7 @@ def run(args: argparse.Namespace) -> dict:
     label = (
         f"{spec['name']} {weights}, {size[0]}x{size[1]}, batch {args.batch}, {args.precision}, {device.type}"
     )
-    ctx = {"device": device, "autocast": autocast, "label": label, "size": size}
+    ctx = {"device": device, "policy": policy, "label": label, "size": size}
     ctx["grid"] = backbone.grid_size(size)
     print(f"# FE-CLIP bench: {label}")
     print(f"machine: {machine}; torch {torch.__version__}; repeats {args.repeats} (median, interleaved)")

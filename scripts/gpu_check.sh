@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# GPU check of FE-CLIP (experiments/004_performance): CUDA tests, the paper-setting benchmark, a smoke sweep.
-#   bash scripts/gpu_check.sh            # from anywhere; runs in the repository root, < 8 min on an H200
-# Exits non-zero on the first failing step; prints one summary block at the end and writes it to
-# experiments/004_performance/gpu_check_<date>.txt when that folder is writable.
+# GPU check of a study (experiments/004_performance): the CUDA tests; the paper-setting benchmark; the study
+# rehearsal of scripts/gpu_check.py (FE-CLIP ViT-L/14-336, PatchCore DINOv2 ViT-S/14 at 518, WinCLIP+
+# ViT-B-16-plus-240, gated CPD-PatchCore, each in fp32 and bf16, predict with every checkpoint, the precision
+# policy's agreement); a smoke sweep.
+#   bash scripts/gpu_check.sh            # a fresh CUDA machine, README install; < 8 min on one H100
+#   bash scripts/gpu_check.sh --cpu      # the same steps on the CPU with the tiny backbones (the test suite)
+# Installs what it needs (the carried .whl/ wheels, else pip install -e '.[dev]'); exits non-zero on the first
+# failing step; prints one summary block and, on a GPU, writes it to experiments/004_performance/.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+CPU=0
+if [ "${1:-}" = "--cpu" ]; then CPU=1; elif [ -n "${1:-}" ]; then echo "gpu_check.sh: unknown argument $1; expected --cpu or nothing" >&2; exit 2; fi
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"  # weights from the local cache only (a lent device reaches no network)
 STAMP="$(date +%Y-%m-%d_%H%M%S)"
-LOG_DIR="$(mktemp -d -t feclip_gpu_check.XXXXXX)"
+LOG_DIR="${GPU_CHECK_LOG_DIR:-$(mktemp -d -t feclip_gpu_check.XXXXXX)}"  # logs, jobs, data, the store
+mkdir -p "$LOG_DIR"
 SUMMARY=()
 START=$SECONDS
 
@@ -43,44 +50,54 @@ finish() {
             echo "--- bench (${LOG_DIR}/bench.json)"
             grep -E '^(# |weights:|machine:|## |\| (plain|FE-CLIP|from|mean|abs|energy|dct|fft|bank|feature|greedy|kNN|anomaly|full|[0-9.]+ GB) )' "${LOG_DIR}/bench.log" || true
         fi
+        if [ -f "${LOG_DIR}/study.log" ]; then echo "--- study"; sed -n '/^## study check/,$p' "${LOG_DIR}/study.log"; fi
         if [ -f "${LOG_DIR}/sweep.log" ]; then echo "--- smoke sweep"; tail -n 5 "${LOG_DIR}/sweep.log"; fi
         echo "===== end ====="
     )"
     echo
     echo "$block"
     local out=experiments/004_performance
-    if [ -d "$out" ] && [ -w "$out" ]; then
+    if [ "$CPU" -eq 0 ] && [ -d "$out" ] && [ -w "$out" ]; then
         echo "$block" > "${out}/gpu_check_${STAMP}.txt" && echo "(written to ${out}/gpu_check_${STAMP}.txt)"
     fi
 }
 
-# 0) where the image lacks the project's packages (the lent H200): the wheels of scripts/gpu_wheels.sh, carried
-#    as .whl/, installed beside the image's own
-if ! "$PY" -c 'import mlflow, open_clip, hydra, omegaconf' 2>/dev/null; then
-    if [ ! -d .whl ]; then
-        SUMMARY+=("packages: mlflow / open_clip / hydra missing and no .whl/")
-        finish "FAILED: packages missing; run bash scripts/gpu_wheels.sh here and carry .whl"
-        exit 1
+# 0) what the machine lacks: the lent device's image gets the carried wheels of scripts/gpu_wheels.sh (.whl/),
+#    a machine installed as the README says (.[sweep]) gets the test tools: pip install -e '.[dev]'
+if ! "$PY" -c 'import mlflow, open_clip, hydra, omegaconf, pytest' 2>/dev/null; then
+    if [ -d .whl ]; then
+        step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "${LOG_DIR}/site" .whl/*.whl
+        export PYTHONPATH="${LOG_DIR}/site${PYTHONPATH:+:${PYTHONPATH}}"
+    else
+        step install 600 "$PY" -m pip install -q -e '.[dev,sweep]'
     fi
-    step wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "${LOG_DIR}/site" .whl/*.whl
-    export PYTHONPATH="${LOG_DIR}/site${PYTHONPATH:+:${PYTHONPATH}}"
 fi
 
-# 1) the tests marked cuda (tests/conftest.py registers the marker; without a GPU they are skipped)
-step pytest 120 "$PY" -m pytest -q -m cuda -p no:cacheprovider
+if [ "$CPU" -eq 1 ]; then
+    DEVICE=cpu BENCH=(--device cpu --precision fp32 --backbone tiny --batch 2 --repeats 1 --patchcore
+        --patchcore-train 4 --cache 8 --skip lfs,taps,train)
+    STUDY=(--device cpu --tiny) DOMAINS=A
+else
+    DEVICE=cuda BENCH=(--device cuda --precision bf16 --backbone vit_l14_336 --image-size 336 --batch 32
+        --repeats 5 --weights auto --patchcore --cache 512)
+    STUDY=(--device cuda) DOMAINS=A,C
+fi
+
+# 1) the tests marked cuda (every method's bf16 agreement, predict with banks and gates on the GPU; skipped
+#    without a GPU: the --cpu run checks that they collect)
+step pytest 180 "$PY" -m pytest -q -m cuda -p no:cacheprovider -n 0
 
 # 2) the paper setting: ViT-L/14 at 336, batch 32, bf16 (the OpenAI weights when cached, else random init:
 #    the bench prints which; weights do not change timing); the token cache of 512 images (host RAM while filling)
-step bench 300 "$PY" scripts/bench.py --device cuda --precision bf16 --backbone vit_l14_336 --image-size 336 \
-    --batch 32 --repeats 5 --weights auto --patchcore --cache 512 --json "${LOG_DIR}/bench.json"
+step bench 300 "$PY" scripts/bench.py "${BENCH[@]}" --json "${LOG_DIR}/bench.json"
 
-# 3) a smoke sweep on the GPU: conf/experiment/smoke.yaml (1 epoch, few images), two domains
-if [ ! -f conf/experiment/smoke.yaml ]; then
-    SUMMARY+=("sweep: conf/experiment/smoke.yaml is missing")
-    finish "FAILED: conf/experiment/smoke.yaml is missing"
-    exit 1
-fi
-step sweep 240 "$PY" run.py -m experiment=smoke device=cuda domain=A,C tracking.experiment=gpu_check
+# 3) the study rehearsal: every method at realistic size in fp32 and bf16, predict, the policy's agreement
+step study 300 "$PY" scripts/gpu_check.py "${STUDY[@]}" --out "${LOG_DIR}/study"
+
+# 4) a smoke sweep (conf/experiment/smoke.yaml: 1 epoch, few images) through Hydra's multirun and MLflow
+step sweep 240 "$PY" run.py -m experiment=smoke "device=${DEVICE}" "domain=${DOMAINS}" \
+    tracking.experiment=gpu_check "tracking.uri=sqlite:///${LOG_DIR}/mlflow.db" "hydra.sweep.dir=${LOG_DIR}/multirun" \
+    "data.root=${LOG_DIR}/hdmap_smoke" "cache_dir=${LOG_DIR}/cache"
 
 finish "OK"

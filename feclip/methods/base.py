@@ -43,6 +43,7 @@ class Method(abc.ABC):
     name: ClassVar[str]
     bank_metric: ClassVar[str] = "cosine"  # distance of its reference banks: cosine | l2
     caches_frozen: ClassVar[bool] = False  # whether `frozen` / `forward(frozen=...)` exist
+    frozen_feeds: ClassVar[str] = "backbone"  # the policy operation its frozen features feed (cache dtype)
     model: nn.Module
 
     @classmethod  # noqa: B027 (an optional hook: most methods need no checks of their own)

@@ -255,6 +255,21 @@ def test_a_few_shot_model_predicts_its_own_test_folder_exactly(fewshot_run):
     assert table["gate"].tolist() == scores["gate"].tolist()
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["feclip", "patchcore", "winclip"])
+def test_a_gated_few_shot_model_predicts_on_cuda_as_on_the_cpu(method, tmp_path):
+    """Trained on the CPU, applied on CUDA (banks and gate moved with the model): the CPU's scores."""
+    overrides = ["domain=C", *small_data(tmp_path, n=40), f"method={method}", "fewshot=k1", "gating=p90"]
+    run = _train(tmp_path, method, [*overrides, "tracking.enabled=false", "eval.figures=false"])
+    scores = pd.read_csv(run / "train" / "scores.csv")
+    predictor = load_predictor(run / "train" / "checkpoint", torch.device("cuda"))
+    files = [Path(p) for p in scores["path"]]
+    rt = Runtime(torch.device("cuda"), batch_size=16)
+    table = predict_files(predictor, files, rt, operating_point="p99")
+    np.testing.assert_allclose(table["score"], scores["score"], rtol=1e-4, atol=1e-5)
+    assert table["gate"].tolist() == scores["gate"].tolist()
+
+
 def test_runs_uri_checkpoints_load_for_predict(fewshot_run, tmp_path):
     client = MlflowClient(f"sqlite:///{fewshot_run / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("fewshot").experiment_id])

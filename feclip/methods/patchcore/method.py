@@ -49,6 +49,7 @@ class PatchCoreMethod(Method):
     name: ClassVar[str] = "patchcore"
     bank_metric: ClassVar[str] = "l2"
     caches_frozen: ClassVar[bool] = True
+    frozen_feeds: ClassVar[str] = "distances"  # the patch features go straight to kNN
 
     def __init__(self, model: PatchCore, *, settings: dict, uses_references: bool) -> None:
         self.model, self.settings, self.uses_references = model, settings, uses_references
