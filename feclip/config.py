@@ -27,6 +27,7 @@ from feclip.model.adapters import LFS_STATISTICS
 from feclip.model.backbone import ACTIVATIONS, WEIGHT_SUFFIXES
 from feclip.model.feclip import FC_INITS, MAPS, SCORES, TAP_PRESETS
 from feclip.model.frequency import TRANSFORMS
+from feclip.model.prompts import SENTENCE_AVERAGES
 from feclip.precision import PRECISIONS
 from feclip.registry import Registry
 from feclip.runtime import CACHE_MODES, DEVICES
@@ -60,6 +61,7 @@ REGISTRIES = (
     CACHE_DTYPES,
     PATCHCORE_BACKBONES,
     ACTIVATIONS,
+    SENTENCE_AVERAGES,
 )
 CHOICES: dict[str, Registry] = {registry.key: registry for registry in REGISTRIES}
 

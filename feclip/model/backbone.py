@@ -392,7 +392,7 @@ class ClipBackbone(nn.Module):
             return self.ln_post(tokens) @ self.visual.proj.float()
 
     @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """texts: T strings -> (T, E) L2-normalised text embeddings."""
+    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
+        """texts: T strings -> (T, E) text embeddings, L2-normalised unless `normalize` is False."""
         device = self.visual.proj.device
-        return self.clip.encode_text(self._tokenizer(list(texts)).to(device), normalize=True)
+        return self.clip.encode_text(self._tokenizer(list(texts)).to(device), normalize=normalize)

@@ -64,5 +64,5 @@ def build_backbone(cfg: DictConfig) -> ClipBackbone:
 def build_feclip(cfg: DictConfig) -> FEClip:
     """Frozen backbone + FE-CLIP head with the prompt set's text features, on the CPU."""
     backbone = build_backbone(cfg)
-    text = text_features(backbone, *prompt_lists(cfg.prompt))
+    text = text_features(backbone, *prompt_lists(cfg.prompt), average=cfg.prompt.average)
     return FEClip(backbone, feclip_config(cfg), text, tuple(cfg.backbone.input_size))

@@ -68,3 +68,49 @@ def test_every_prompt_set_differs_only_in_state(name):
             stripped = stripped.replace(phrase, "")
         assert prompt.class_name in sentence and not any(w in stripped for w in DEFECT_WORDS), sentence
     assert all(prompt.class_name in sentence for sentence in expand(abnormal, templates, "abnormal"))
+
+
+# anomalib's WinCLIP prompt ensemble (models/image/winclip/prompting.py, the user's fork), pinned
+ANOMALIB_NORMAL = ["{}", "flawless {}", "perfect {}", "unblemished {}"]
+ANOMALIB_NORMAL += ["{} without flaw", "{} without defect", "{} without damage"]
+ANOMALIB_ABNORMAL = ["damaged {}", "{} with flaw", "{} with defect", "{} with damage"]
+ANOMALIB_TEMPLATES = [
+    f"a {kind} photo of {article} {{}}."
+    for kind, articles in [
+        ("cropped", ["the"]),
+        ("close-up", ["a", "the"]),
+        ("bright", ["a", "the"]),
+        ("dark", ["the", "a"]),
+        ("jpeg corrupted", ["the", "the"]),
+        ("blurry", ["the", "a"]),
+    ]
+    for article in articles
+]
+ANOMALIB_TEMPLATES += ["a photo of a {}.", "a photo of the {}."]
+ANOMALIB_TEMPLATES += [f"a photo of {a} {size} {{}}." for size in ("small", "large") for a in ("a", "the")]
+ANOMALIB_TEMPLATES += [
+    f"a photo of {a} {{}} for {purpose}."
+    for purpose in ("visual inspection", "anomaly detection")
+    for a in ("the", "a")
+]
+
+
+@pytest.mark.parametrize("name", ["winclip", "hdmap_sensor", "hdmap_fault_heatmap"])
+def test_the_winclip_prompts_are_anomalibs_ensemble(name):
+    prompt = compose(f"prompt={name}").prompt
+    assert list(prompt.normal) == ANOMALIB_NORMAL and list(prompt.abnormal) == ANOMALIB_ABNORMAL
+    assert list(prompt.templates) == ANOMALIB_TEMPLATES and len(ANOMALIB_TEMPLATES) == 21
+    assert prompt.average == "raw"
+    assert compose("method=winclip", "backbone=vit_b16_plus_240").backbone.pretrained == "laion400m_e31"
+
+
+def test_raw_average_is_the_mean_of_unnormalised_sentence_embeddings(backbone):
+    """anomalib's averaging: the raw embeddings' mean, renormalised (differs from the normalised mean)."""
+    sentences = ["a photo of a normal gear", "normal gear"]
+    raw = backbone.encode_text(sentences, normalize=False)
+    features = text_features(
+        backbone, ["normal gear"], ["broken gear"], ["a photo of a {}", "{}"], average="raw"
+    )
+    assert torch.allclose(features[0], F.normalize(raw.mean(0), dim=0), atol=1e-6)
+    normalised = text_features(backbone, ["normal gear"], ["broken gear"], ["a photo of a {}", "{}"])
+    assert not torch.allclose(features[0], normalised[0], atol=1e-4)

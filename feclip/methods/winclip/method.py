@@ -54,7 +54,7 @@ class WinClipMethod(Method):
     @classmethod
     def from_config(cls, cfg: DictConfig) -> WinClipMethod:
         backbone = build_backbone(cfg)
-        text = text_features(backbone, *prompt_lists(cfg.prompt))
+        text = text_features(backbone, *prompt_lists(cfg.prompt), average=cfg.prompt.average)
         settings = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
         return cls(
             cls._build(backbone, text, settings), settings=settings, input_size=cfg.backbone.input_size
