@@ -12,7 +12,7 @@ from feclip.registry import Registry
 
 PACKAGE = Path(feclip.__file__).parent
 # registries whose key is not a plain config path: list elements and internal choices, validated where used
-NOT_CONFIG_KEYS = {"bank metric", "eval.datasets.N.name", "model.taps"}
+NOT_CONFIG_KEYS = {"bank metric", "eval.datasets.N.name", "model.taps", "precision policy"}
 
 
 def _modules() -> dict[str, Path]:
