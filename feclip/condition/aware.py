@@ -127,7 +127,8 @@ def build(
         chunk_size=cfg.fewshot.chunk_size,
     )
     ref_raw = pool_raw[rows].to(rt.device)
-    gate = make_gate(**OmegaConf.to_container(cfg.gating)).fit(ref_raw, embeddings, selection.condition)
+    gate = make_gate(**OmegaConf.to_container(cfg.gating, resolve=True))
+    gate.fit(ref_raw, embeddings, selection.condition)
     deployable = deployable_gate(gate, ref_raw, embeddings, selection.condition)
     state = {
         "source": cfg.fewshot.source,

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import run_cli, small_data
+from helpers import compose, run_cli, small_data
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from feclip.condition.aware import deployable_gate
 from feclip.condition.gates import make_gate
@@ -67,3 +68,8 @@ def test_a_gate_that_needs_labels_gets_the_p90_stand_in_for_unlabelled_images():
     p90 = make_gate("p90").fit(raw, None, condition)
     assert deployable_gate(p90, raw, None, condition) is p90
     assert stand_in.decide(torch.full((1, 31, 95), 0.35)).condition.tolist() == ["warm"]
+
+
+def test_the_random_gate_is_seeded_from_the_run_seed():
+    cfg = compose("fewshot=k1", "gating=random", "seed=7")
+    assert make_gate(**OmegaConf.to_container(cfg.gating, resolve=True)).seed == 7
