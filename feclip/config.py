@@ -20,6 +20,8 @@ from feclip.data.hdmap import DOMAINS
 from feclip.data.sources import AUX_SOURCES
 from feclip.data.transforms import INTENSITIES, RESIZES
 from feclip.errors import FeclipError
+from feclip.evaluation.calibration import THRESHOLD_SOURCES, point_name
+from feclip.evaluation.split import SPLIT_PROTOCOLS
 from feclip.jobs.registry import MODES, PROTOCOLS
 from feclip.methods.patchcore.backbone import PRESETS as PATCHCORE_BACKBONES
 from feclip.methods.registry import METHODS
@@ -62,6 +64,8 @@ REGISTRIES = (
     PATCHCORE_BACKBONES,
     ACTIVATIONS,
     SENTENCE_AVERAGES,
+    SPLIT_PROTOCOLS,
+    THRESHOLD_SOURCES,
 )
 CHOICES: dict[str, Registry] = {registry.key: registry for registry in REGISTRIES}
 
@@ -117,6 +121,15 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v == "auto" or (_number(v) and v > 0),
         "a positive number of GB, auto or null",
     ),
+    "eval.split.seed": (lambda v: _number(v) and isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "eval.split.refs_per_condition": (_positive_int, "a positive integer"),
+    "eval.split.dev_fraction": (lambda v: _number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "eval.threshold.per_condition": (lambda v: isinstance(v, bool), "true or false"),
+    "eval.threshold.false_alarm_rates": (
+        lambda v: _numbers(v) and len(v) > 0 and all(0 < r < 1 for r in v),
+        "a non-empty list of rates in (0, 1)",
+    ),
+    "eval.threshold.bootstrap": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
 }
 
 
@@ -138,6 +151,7 @@ def validate(cfg: DictConfig) -> None:
             "set fewshot.k>0 (e.g. fewshot=k4)"
         )
     _check_calibration(cfg)
+    _check_split(cfg)
     METHODS.get_entry(cfg.method.name).validate(cfg)
     if cfg.mode == "predict" and not cfg.model.checkpoint:
         raise ConfigError("mode=predict needs model.checkpoint=<checkpoint directory>")
@@ -146,7 +160,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_calibration(cfg: DictConfig) -> None:
-    """eval.calibration: percentiles in (0, 100) and an operating point among them (p<percentile>)."""
+    """eval.calibration: percentiles in (0, 100) and an operating point among them (p<percentile>) or the
+    false-alarm points of eval.threshold (fa<100 x rate>)."""
     calibration = OmegaConf.select(cfg, "eval.calibration", default=None)
     if calibration is None:
         return
@@ -156,11 +171,38 @@ def _check_calibration(cfg: DictConfig) -> None:
             f"eval.calibration.percentiles={list(percentiles)!r} is not allowed; "
             "expected a non-empty list of numbers in (0, 100)"
         )
-    points = [f"p{p:g}" for p in percentiles]
+    rates = OmegaConf.select(cfg, "eval.threshold.false_alarm_rates", default=None) or []
+    points = [f"p{p:g}" for p in percentiles] + [point_name(rate) for rate in rates]
     if calibration.operating_point not in points:
         raise ConfigError(
             f"eval.calibration.operating_point={calibration.operating_point!r} is not allowed; "
-            f"expected one of the percentiles: {', '.join(points)}"
+            f"expected a percentile or false-alarm point: {', '.join(points)}"
+        )
+
+
+def _check_split(cfg: DictConfig) -> None:
+    """eval.split / eval.threshold against each other and the few-shot and gating choices."""
+    split = OmegaConf.select(cfg, "eval.split", default=None)
+    if split is None:
+        return
+    study, threshold = split.protocol == "study", cfg.eval.threshold
+    if threshold.source == "refs" and not study:
+        raise ConfigError(
+            "eval.threshold.source=refs is not allowed with eval.split.protocol=whole_test; "
+            "expected source=val, or protocol=study (the refs part holds the normals)"
+        )
+    routed = GATES.get_entry(cfg.gating.name).assigns_condition
+    if threshold.per_condition and threshold.source == "val" and not routed:
+        raise ConfigError(
+            "eval.threshold.per_condition=true with source=val needs a gate (held-out train normals carry no "
+            "condition); expected gating=<p90|clip_sim|...> or eval.threshold.source=refs"
+        )
+    banks = cfg.fewshot.k if study and cfg.fewshot.source == "test_extremes" else 0
+    if banks > split.refs_per_condition or (threshold.source == "refs" and banks == split.refs_per_condition):
+        raise ConfigError(
+            f"fewshot.k={cfg.fewshot.k} is not allowed with eval.split.refs_per_condition="
+            f"{split.refs_per_condition}; expected k <= refs_per_condition (banks come from the refs part), "
+            "k < refs_per_condition with eval.threshold.source=refs (its normals: the refs not in a bank)"
         )
 
 

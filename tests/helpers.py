@@ -30,12 +30,13 @@ def compose(*overrides: str, hydra: bool = False) -> DictConfig:
 
 
 def small_data(tmp: Path, n: int = 40) -> list[str]:
-    """Overrides for a tiny synthetic HDMAP set (n train, n + n test per domain), one short epoch, all
-    files under `tmp`."""
+    """Overrides for a tiny synthetic HDMAP set (n train, n + n test per domain; n // 4 refs per condition
+    in the study split), one short epoch, all files under `tmp`."""
     return [
         f"data.root={tmp / 'hdmap'}",
         f"data.synthetic.n_train={n}",
         f"data.synthetic.n_test={n}",
+        f"eval.split.refs_per_condition={n // 4}",
         "train.epochs=1",
         f"cache_dir={tmp / 'cache'}",
     ]

@@ -73,6 +73,19 @@ def test_horizontal_preset_uses_horizontal_windows_and_context():
         ("predict.batch_size=0", "predict.batch_size"),
         ("aux.max_normals=-5", "aux.max_normals"),
         ("model.score=cls+max_map model.map=logit_margin", "model.map='logit_margin'"),
+        ("eval.split.protocol=random", "eval.split.protocol"),
+        ("eval.split.seed=-1", "eval.split.seed"),
+        ("eval.split.refs_per_condition=0", "eval.split.refs_per_condition"),
+        ("eval.split.dev_fraction=1.0", "eval.split.dev_fraction"),
+        ("eval.threshold.source=train", "eval.threshold.source"),
+        ("eval.threshold.false_alarm_rates=[0.01,5]", "eval.threshold.false_alarm_rates"),
+        ("eval.threshold.per_condition=1", "eval.threshold.per_condition"),
+        ("eval.threshold.bootstrap=1", "eval.threshold.bootstrap"),
+        ("eval.calibration.operating_point=fa2", "eval.calibration.operating_point"),
+        ("eval.split.protocol=whole_test eval.threshold.source=refs", "eval.threshold.source=refs"),
+        ("eval.threshold.per_condition=true", "eval.threshold.per_condition=true"),
+        ("fewshot=k4 eval.split.refs_per_condition=3", "fewshot.k=4"),
+        ("fewshot=k4 eval.split.refs_per_condition=4 eval.threshold.source=refs", "fewshot.k=4"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_allowed_values(override, key):
@@ -80,6 +93,12 @@ def test_invalid_values_name_the_key_and_the_allowed_values(override, key):
     with pytest.raises(FeclipError, match=key.replace(".", r"\.")) as error:
         validate(cfg)
     assert "expected" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_threshold_options_that_need_no_test_labels_validate():
+    validate(_compose(["fewshot=k4", "gating=p90", "eval.threshold.per_condition=true"]))
+    validate(_compose(["eval.threshold.source=refs", "eval.threshold.per_condition=true"]))
+    validate(_compose(["eval.threshold.false_alarm_rates=[0.02]", "eval.calibration.operating_point=fa2"]))
 
 
 def test_gate_without_banks_is_rejected():

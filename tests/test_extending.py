@@ -114,6 +114,7 @@ def extra_conf(tmp_path):
 
 
 def _run(tmp_path, small_root, folder, *overrides) -> dict:
+    hdmap = not any(o.startswith("eval=") for o in overrides)
     cfg = compose(
         f"hydra.searchpath=[file://{folder}]",
         f"data.root={small_root}",
@@ -122,6 +123,7 @@ def _run(tmp_path, small_root, folder, *overrides) -> dict:
         "train.epochs=1",
         "tracking.enabled=false",
         f"cache_dir={tmp_path / 'cache'}",
+        *(["eval.split.refs_per_condition=4"] if hdmap else []),  # 10 test/good per condition
         *overrides,
     )
     main(cfg, tmp_path / "out", JobInfo("extend", "extend"))

@@ -1,9 +1,14 @@
 """Condition-aware scoring: reference banks chosen per image by a cold/warm gate, for any method.
 
-`build` selects the references (from the fit normals or the test extremes), runs the method on them once
+`build` selects the references (from the fit normals or the extremes of a pool of test normals: the study
+split's refs part, or the whole test set under `eval.split.protocol=whole_test`), runs the method on them once
 (their `MethodOutput.features` fill the banks, their embeddings feed the clip_sim gate), fits the gate on
-them, and returns a `ReferenceScorer` that `feclip.evaluation.inference.predict` calls per batch. References
-taken from the test split are excluded from scoring (`keep`).
+them, and returns a `ReferenceScorer` that `feclip.evaluation.inference.predict` calls per batch once bound to
+the set it scores (`for_images`). Pool rows taken as references are marked (`keep` False): never scored.
+
+Conditioning never reads the labels of a scored image, except where the run says so: `reads_test_labels`
+names what does (a gate that needs labels; per-condition thresholds picked by the known condition), and the
+job marks such a run not deployable.
 
 Validation normals (train/good, no condition label) are scored through the same deployable path as test
 images: the fitted gate routes them. A gate that reads the truth (`needs_labels`, the oracle) cannot route
@@ -63,17 +68,15 @@ class ReferenceScorer:
 @dataclass
 class References:
     scorer: ReferenceScorer
-    keep: np.ndarray  # (N_test,) bool: test rows to score (False for references taken from the test split)
+    keep: np.ndarray  # (N_pool,) bool: False for the pool's rows taken as references (never scored)
     deployable: object  # the gate that routes unlabelled images (the fitted gate, or its stand-in)
     state: dict  # json-able: selection and fitted gate parameters, saved with the run
 
     def metrics(self, scored: pd.DataFrame) -> dict[str, float]:
         """gate_acc overall and per group against the file-index truth (gated runs only)."""
-        excluded = {"n_references_excluded": float(self.state["n_excluded"])}
         if not self.scorer.gate.assigns_condition:
-            return excluded
-        truth = scored["condition"].to_numpy()
-        return {**gate_accuracy(scored["gate"], truth, scored["label"].to_numpy()), **excluded}
+            return {}
+        return gate_accuracy(scored["gate"], scored["condition"].to_numpy(), scored["label"].to_numpy())
 
 
 @torch.inference_mode()
@@ -98,14 +101,26 @@ def deployable_gate(gate, raw: torch.Tensor, embeddings, condition: np.ndarray):
     return make_gate(STAND_IN_GATE).fit(raw, embeddings, condition)
 
 
+def reads_test_labels(cfg: DictConfig) -> list[str]:
+    """What in the run reads the labels of the images it scores (empty: its decisions are deployable)."""
+    gate = make_gate(**OmegaConf.to_container(cfg.gating, resolve=True))
+    reads = []
+    if gate.needs_labels:
+        reads.append(f"gating={cfg.gating.name} routes each image by its test condition")
+    if cfg.eval.threshold.per_condition and not gate.assigns_condition:
+        reads.append("eval.threshold.per_condition without a gate picks thresholds by the test condition")
+    return reads
+
+
 def build(
-    cfg: DictConfig, method: Method, fit: HDMAPData, test: HDMAPData, to_input, rt: Runtime
+    cfg: DictConfig, method: Method, fit: HDMAPData, pool: HDMAPData, to_input, rt: Runtime
 ) -> References | None:
-    """References and gate from `cfg.fewshot` / `cfg.gating`, or None when fewshot.k == 0."""
+    """References and gate from `cfg.fewshot` / `cfg.gating`, or None when fewshot.k == 0; pool: the test
+    rows `fewshot.source=test_extremes` may take references from."""
     if cfg.fewshot.k == 0:
         return None
-    pool_meta = pd.concat([fit.meta, test.meta], ignore_index=True)
-    pool_raw = torch.cat([fit.images, test.images])
+    pool_meta = pd.concat([fit.meta, pool.meta], ignore_index=True)
+    pool_raw = torch.cat([fit.images, pool.images])
     selection = select_references(
         pool_meta, cfg.fewshot.source, cfg.fewshot.k, cfg.seed, gated=cfg.gating.name != "none"
     )
@@ -127,7 +142,8 @@ def build(
         chunk_size=cfg.fewshot.chunk_size,
     )
     ref_raw = pool_raw[rows].to(rt.device)
-    gate = make_gate(**OmegaConf.to_container(cfg.gating)).fit(ref_raw, embeddings, selection.condition)
+    gate = make_gate(**OmegaConf.to_container(cfg.gating, resolve=True))
+    gate.fit(ref_raw, embeddings, selection.condition)
     deployable = deployable_gate(gate, ref_raw, embeddings, selection.condition)
     state = {
         "source": cfg.fewshot.source,
@@ -137,5 +153,5 @@ def build(
         "gate": gate.state(),
         "deployable_gate": deployable.state(),
     }
-    scorer = ReferenceScorer(method, bank, gate, test.images, test.meta)
+    scorer = ReferenceScorer(method, bank, gate, raw=None, meta=None)
     return References(scorer, selection.keep[len(fit) :], deployable, state)

@@ -18,10 +18,11 @@ Pipeline use (meta: the domain's metadata, train + test rows; features: `MethodO
                score, amap = method.with_references(out, terms)
 
 Reference sources (SOURCES):
-- `test_extremes` (the user's protocol): the k lowest file indices of test/good form the 'cold' bank, the k
-  highest the 'warm' bank (the file index is the only cold/warm label, hdmap.md §1.1: index 0-499 cold,
-  500-999 warm; "coldest/warmest" means lowest/highest index, not a measured temperature); all 2k are
-  excluded from scoring.
+- `test_extremes` (the user's protocol): the k lowest file indices of the test/good rows in `meta` form the
+  'cold' bank, the k highest the 'warm' bank (the file index is the only cold/warm label, hdmap.md §1.1:
+  index 0-499 cold, 500-999 warm; "coldest/warmest" means lowest/highest index, not a measured temperature);
+  all 2k are excluded from scoring. The job passes the study split's refs part as those rows
+  (`feclip.evaluation.split`), or every test row under `eval.split.protocol=whole_test`.
 - `train`: k train/good images drawn without replacement by a numpy generator seeded with `seed`, one 'mixed'
   bank. Train images carry no condition label, so a gated run with train references is rejected (`gated=True`)
   rather than labelling them with a p90 gate whose threshold would itself need labelled test normals.

@@ -275,7 +275,8 @@ def predict_files(
     on_flagged: Callable[[Path, np.ndarray, np.ndarray], None] = lambda path, image, amap: None,
 ) -> pd.DataFrame:
     """One row per file: path, status, score, map_max, decision, zscore (and gate); streamed in batches."""
-    threshold = calibration.threshold(predictor.record, operating_point)
+    calibration.threshold(predictor.record, operating_point)  # an unknown operating point fails here
+    routed = predictor.record.get("condition_from") == "gate"  # per-condition thresholds follow the gate
     rows = []
     for start in progress(range(0, len(files), rt.batch_size), "predict", unit="batch"):
         read = [(path, *_read(path, predictor.image_shape)) for path in files[start : start + rt.batch_size]]
@@ -288,6 +289,8 @@ def predict_files(
             result = _score(predictor, [image for _, image, _ in group], rt)
             for j, (path, image, status) in enumerate(group):
                 score, map_max = float(result["score"][j]), float(result["map_max"][j])
+                condition = str(result["gate"][j]) if routed else None
+                threshold = calibration.threshold(predictor.record, operating_point, condition=condition)
                 row = _row(path, status, score, map_max, threshold, predictor.record)
                 if result["gate"] is not None:
                     row["gate"] = str(result["gate"][j])

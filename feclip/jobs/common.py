@@ -64,9 +64,11 @@ def job_identity(cfg: DictConfig) -> dict:
     return predict_identity(cfg) if cfg.mode == "predict" else config_identity(cfg)
 
 
-def metrics_record(metrics: dict[str, float], *, random_init: bool, notes: list[str]) -> dict:
+def metrics_record(
+    metrics: dict[str, float], *, random_init: bool, notes: list[str], facts: dict | None = None
+) -> dict:
     """metrics.json: valid JSON (a metric undefined on this data is null, its reason under `undefined`),
-    the random-init flag and the job's metric warnings."""
+    the random-init flag, the job's `facts` (e.g. deployable) and its metric warnings."""
     undefined = {}
     for name, value in metrics.items():
         if not math.isfinite(value):
@@ -80,7 +82,7 @@ def metrics_record(metrics: dict[str, float], *, random_init: bool, notes: list[
     }
     if random_init:
         record["note"] = RANDOM_INIT_NOTE
-    return {**record, "warnings": notes}
+    return {**record, **(facts or {}), "warnings": notes}
 
 
 @contextlib.contextmanager
@@ -132,6 +134,7 @@ class JobRecord:
         self.folder, self.tracker, self.random_init, self.notes = folder, tracker, random_init, notes
         self.title = title  # figure titles: domain · method · variant [· random-init]
         self.metrics: dict[str, float] = {}
+        self.facts: dict = {}  # written to metrics.json beside the metrics
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Per-epoch values (`step`) go to history.csv; final metrics to metrics.json (rewritten as more
@@ -142,9 +145,18 @@ class JobRecord:
             return
         new = {k: v for k, v in metrics.items() if self.metrics.get(k, object()) != v}
         self.metrics.update(metrics)
-        record = metrics_record(self.metrics, random_init=self.random_init, notes=self.notes)
+        record = metrics_record(
+            self.metrics, random_init=self.random_init, notes=self.notes, facts=self.facts
+        )
         write_json(self.folder / METRICS_FILE, record)
         self.tracker.log_metrics(new)
+
+    def mark_deployable(self, label_reads: list[str]) -> None:
+        """Whether the run's decisions could be deployed (nothing in it reads the labels of the images it
+        scores): tags `deployable` (+ `deployable_reason`), metrics.json, the closing block."""
+        self.facts.update(deployable=not label_reads, not_deployable_because=label_reads)
+        reason = {"deployable_reason": "; ".join(label_reads)} if label_reads else {}
+        self.set_tags({"deployable": str(not label_reads).lower(), **reason})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if tags:
@@ -247,6 +259,8 @@ def closing_block(
             else ""
         )
         lines.append("  " + "  ".join(shown) + flag)
+    if record.get("tags", {}).get("deployable") == "false":
+        lines.append(f"  NOT DEPLOYABLE: {record['tags'].get('deployable_reason', '')}")
     lines.append(f"  folder: {record['job_folder']}")
     if cache:
         lines.append(cache)

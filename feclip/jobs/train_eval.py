@@ -1,7 +1,9 @@
-"""The HDMAP job: fit the method, then score every test image of the domain under the HDMAP protocols.
+"""The HDMAP job: fit the method, then score the domain's test images under the HDMAP protocols.
 
-data (domain + validation slice) -> method (built, fitted on its training source) -> optional reference banks
-and gate -> test and validation predictions -> metrics -> scores.csv, figures, the saved model.
+data (domain + validation slice, the study split of the test set) -> method (built, fitted on its training
+source) -> optional reference banks and gate (from the split's refs part) -> dev, test and threshold-normal
+predictions -> calibration record (deployable thresholds) -> metrics (`dev/` for the dev part) -> scores.csv,
+figures, the saved model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from feclip.evaluation import calibration
 from feclip.evaluation.figures import write_figures
 from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
 from feclip.evaluation.predictor import save_predictor
+from feclip.evaluation.split import StudySplit, eval_set, split_test
 from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, config_identity, epoch_logger
 from feclip.methods.base import Method
 from feclip.methods.registry import build_method
@@ -81,7 +84,8 @@ def fit_method(
 
 
 def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str, float]:
-    """Train on the auxiliary source, then score every test image of the domain under the HDMAP protocols."""
+    """Train on the auxiliary source, then score the study split's dev and test parts of the domain (every
+    test image under eval.split.protocol=whole_test) under the HDMAP protocols."""
     rt = runtime(cfg)
     root = hdmap_root(cfg)
     split, allow_integer = cold_warm_split(cfg), cfg.data.allow_integer
@@ -89,44 +93,39 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     log_dataset(cfg, record, data, root)
     method = build_method(cfg).to(rt.device)
     record.set_tags(method.tags())
+    record.mark_deployable(aware.reads_test_labels(cfg))
     to_input = hdmap_input(cfg, method)
     fit, val = split_validation(
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
     )
     test = data.subset((data.meta["split"] == "test").to_numpy())
+    study = split_test(test.meta, cfg.eval.split)
     fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, log_epoch=epoch_logger(record))
-    refs = aware.build(cfg, method, fit, test, to_input, rt)
-    native = tuple(data.images.shape[-2:])
-
-    def score(part: HDMAPData, rescore):
-        images = labelled_set(part.images, part.meta["label"], to_input)
-        frozen = frozen_features(method, images, rt)
-        return predict(
-            method,
-            images,
-            rt,
-            map_size=native,
-            frozen=frozen,
-            rescore=rescore,
-            topk=cfg.eval.calibration.topk,
-        )
-
-    test_pred = score(test, refs.scorer if refs else None)
-    val_pred = score(val, refs.scorer.for_images(val.images, val.meta, refs.deployable) if refs else None)
-    keep = refs.keep if refs else np.ones(len(test), dtype=bool)
-    scored = test.with_predictions(test_pred.columns(), test_pred.maps).subset(keep)
-    metrics = evaluate_hdmap(scored, val_pred.scores, cfg.eval.val_percentile)
-    if refs:
-        metrics.update(refs.metrics(scored.meta))
-    scores_table(scored, list(test_pred.columns())).to_csv(output_dir / "scores.csv", index=False)
+    pool = test.subset(study.pool)
+    refs = aware.build(cfg, method, fit, pool, to_input, rt)
+    score = scorer(cfg, method, to_input, rt, refs=refs, map_size=tuple(data.images.shape[-2:]))
+    rows = scored_rows(study, refs)
+    scored = score(test.subset(rows), refs.scorer.gate if refs else None)
+    val_scored = score(val, refs.deployable if refs else None)
+    normals = val_scored if cfg.eval.threshold.source == "val" else threshold_refs(pool, refs, score)
+    calibrated = calibrate(
+        cfg, normals, context=calibration_context(cfg, method, to_input, normals, refs=refs)
+    )
+    parts = {name: scored.subset(study.part[rows] == name) for name in ("test", "dev")}
+    metrics = study_metrics(cfg, record, parts, val_scored.meta["score"].to_numpy(), refs, calibrated)
+    table = scores_table(scored, list(SCORE_COLUMNS)).assign(split=study.part[rows])
+    table.to_csv(output_dir / "scores.csv", index=False)
     write_scores_info(output_dir / "scores_info.json", cfg, method)
     record.log_metrics(metrics)  # on disk and in the run before anything else can fail
-    save_model(cfg, output_dir / "checkpoint", method, to_input, val=val, val_pred=val_pred, refs=refs)
+    directory = output_dir / "checkpoint"
+    directory.mkdir(parents=True, exist_ok=True)
+    shape = tuple(data.images.shape[-2:])
+    save_predictor(directory, method, to_input, calibrated, refs, shape, identity=config_identity(cfg))
     if cfg.eval.figures:
         caption = RANDOM_INIT_NOTE if method.random_init else ""
         figures = write_figures(
             output_dir / "figures",
-            scored,
+            parts["test"],
             metrics,
             title=record.title,
             caption=caption,
@@ -134,6 +133,123 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
         )
         record.log_images(figures)
     return metrics
+
+
+def scorer(cfg: DictConfig, method: Method, to_input: HDMAPInput, rt: Runtime, *, refs, map_size):
+    """score(part, gate) -> part with its predictions (meta columns, native-size maps); gate: the gate that
+    routes `part` to the reference banks (None without banks)."""
+
+    def score(part: HDMAPData, gate) -> HDMAPData:
+        images = labelled_set(part.images, part.meta["label"], to_input)
+        rescore = refs.scorer.for_images(part.images, part.meta, gate) if refs else None
+        frozen = frozen_features(method, images, rt)
+        topk = cfg.eval.calibration.topk
+        pred = predict(method, images, rt, map_size=map_size, frozen=frozen, rescore=rescore, topk=topk)
+        return part.with_predictions(pred.columns(), pred.maps)
+
+    return score
+
+
+def scored_rows(study: StudySplit, refs: aware.References | None) -> np.ndarray:
+    """(N_test,) bool: the dev and test parts, less the pool rows taken as references (whole_test only: in
+    the study split the pool is the refs part, never scored)."""
+    rows = study.rows("dev", "test")
+    if refs is not None:
+        rows[np.flatnonzero(study.pool)[~refs.keep]] = False
+    return rows
+
+
+def threshold_refs(pool: HDMAPData, refs: aware.References | None, score) -> HDMAPData:
+    """The refs normals that are not bank references, scored through the run's gate (source=refs)."""
+    if refs is None:
+        return score(pool, None)
+    return score(pool.subset(refs.keep), refs.scorer.gate)
+
+
+def condition_from(cfg: DictConfig, refs: aware.References | None) -> str | None:
+    """The meta column whose value picks each image's threshold: 'gate' (the gate's routing, gated runs),
+    'condition' (the known condition), None for one global threshold (eval.threshold.per_condition=false)."""
+    if not cfg.eval.threshold.per_condition:
+        return None
+    return "gate" if refs is not None and refs.scorer.gate.assigns_condition else "condition"
+
+
+def condition_groups(meta, column: str | None) -> np.ndarray | None:
+    """(N,) the condition picking each row's threshold (`condition_from`), or None (one global threshold)."""
+    return None if column is None else meta[column].to_numpy().astype(str)
+
+
+def calibrate(cfg: DictConfig, normals: HDMAPData, *, context: dict) -> dict:
+    """The calibration record of the scored threshold normals: percentiles, false-alarm thresholds (per
+    condition by `context["condition_from"]`)."""
+    thresholds = calibration.fit_thresholds(
+        normals.meta["score"].to_numpy(),
+        condition_groups(normals.meta, context["condition_from"]),
+        list(cfg.eval.threshold.false_alarm_rates),
+        n_boot=cfg.eval.threshold.bootstrap,
+        seed=cfg.seed,
+    )
+    return calibration.fit(
+        {name: normals.meta[name].to_numpy() for name in calibration.STATISTICS},
+        list(cfg.eval.calibration.percentiles),
+        cfg.eval.calibration.operating_point,
+        context,
+        thresholds=thresholds,
+    )
+
+
+def calibration_context(
+    cfg: DictConfig, method: Method, to_input: HDMAPInput, normals: HDMAPData, *, refs
+) -> dict:
+    """What a calibration record was fitted on, and what applying it later needs to match."""
+    source = cfg.eval.threshold.source
+    what = (
+        "held-out train/good images"
+        if source == "val"
+        else f"refs test/good images (eval.split.seed={cfg.eval.split.seed}) outside the banks"
+    )
+    return {
+        "method": method.name,
+        "backbone": cfg.backbone.name,
+        "pretrained": cfg.backbone.pretrained,
+        "input": to_input.spec(),
+        "prompt": OmegaConf.to_container(cfg.prompt),
+        "domain": cfg.domain.name,
+        "threshold_source": source,
+        "condition_from": condition_from(cfg, refs),
+        "fitted_on": f"{len(normals)} {what} of {cfg.data.root}",
+        "data_hash": data_hash(normals),
+    }
+
+
+def study_metrics(
+    cfg: DictConfig, record: JobRecord, parts: dict[str, HDMAPData], val_scores: np.ndarray, refs, calibrated
+) -> dict[str, float]:
+    """The thresholds' own metrics, then each non-empty part's (test: plain names, dev: `dev/<name>`) with
+    its `eval_set` tag, and n_references_excluded for runs with reference banks."""
+    metrics = calibration.threshold_metrics(calibrated)
+    for name, part in parts.items():
+        if len(part):
+            prefix = "" if name == "test" else f"{name}/"
+            found = part_metrics(cfg, part, val_scores, refs, calibrated)
+            metrics.update({f"{prefix}{key}": value for key, value in found.items()})
+            record.set_tags({f"{prefix}eval_set": eval_set(part.meta)})
+    if refs:
+        metrics["n_references_excluded"] = float(refs.state["n_excluded"])
+    return metrics
+
+
+def part_metrics(cfg: DictConfig, part: HDMAPData, val_scores: np.ndarray, refs, calibrated: dict) -> dict:
+    """One scored part's metrics: the HDMAP protocols, gate accuracy (gated runs), the realised rates at the
+    false-alarm points (far_/tpr_/acc_<point>), n_scored."""
+    meta = part.meta
+    metrics = evaluate_hdmap(part, val_scores, cfg.eval.val_percentile)
+    if refs:
+        metrics.update(refs.metrics(meta))
+    fault, cold = meta["label"].to_numpy() == 1, meta["condition"].to_numpy() == "cold"
+    groups = condition_groups(meta, condition_from(cfg, refs))
+    metrics.update(calibration.rate_metrics(calibrated, meta["score"].to_numpy(), fault, cold, groups))
+    return {**metrics, "n_scored": float(len(part))}
 
 
 def log_dataset(cfg: DictConfig, record: JobRecord, data: HDMAPData, root: Path) -> None:
@@ -155,30 +271,6 @@ def write_scores_info(path: Path, cfg: DictConfig, method: Method) -> None:
         "random_init": method.random_init,
         "note": RANDOM_INIT_NOTE if method.random_init else "",
         "columns": SCORE_COLUMNS,
+        "split": "the study part of the row: dev | test (eval.split; every row is test under whole_test)",
     }
     path.write_text(json.dumps(info, indent=2))
-
-
-def save_model(
-    cfg: DictConfig, directory: Path, method: Method, to_input: HDMAPInput, *, val, val_pred, refs
-) -> None:
-    """The method, and what applying it later needs: input transform, calibration record, banks, gate."""
-    context = {
-        "method": method.name,
-        "backbone": cfg.backbone.name,
-        "pretrained": cfg.backbone.pretrained,
-        "input": to_input.spec(),
-        "prompt": OmegaConf.to_container(cfg.prompt),
-        "domain": cfg.domain.name,
-        "fitted_on": f"{len(val)} held-out train/good images of {cfg.data.root}",
-        "data_hash": data_hash(val),
-    }
-    record = calibration.fit(
-        {"score": val_pred.scores, "map_max": val_pred.map_max, "map_topk": val_pred.map_topk},
-        list(cfg.eval.calibration.percentiles),
-        cfg.eval.calibration.operating_point,
-        context,
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    shape = tuple(val.images.shape[-2:])
-    save_predictor(directory, method, to_input, record, refs, shape, identity=config_identity(cfg))

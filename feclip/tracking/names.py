@@ -44,6 +44,7 @@ IGNORED = (
     "eval.batch_size",
     "eval.figures",
     "eval.n_map_examples",
+    "eval.split",  # the study's split, not a variant: the eval_set tag tells runs scored on other images
     "fewshot.chunk_size",
 )
 NAME_MAX_LENGTH = 80

@@ -1,13 +1,16 @@
 """Condition-aware FE-CLIP end to end: gates x reference-bank sizes as one sweep on synthetic HDMAP."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import run_cli, small_data
+from helpers import compose, run_cli, small_data
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-from feclip.condition.aware import deployable_gate
+from feclip.condition.aware import deployable_gate, reads_test_labels
 from feclip.condition.gates import make_gate
 
 GATE_GROUPS = ("gate_acc_good_cold", "gate_acc_good_warm", "gate_acc_fault_cold", "gate_acc_fault_warm")
@@ -43,19 +46,14 @@ def test_gating_and_bank_size_sweep(tmp_path):
             assert metrics["gate_acc"] == 1.0 and all(metrics[g] == 1.0 for g in GATE_GROUPS)
         if gate != "none":
             assert 0.0 <= metrics["gate_acc"] <= 1.0 and all(g in metrics for g in GATE_GROUPS)
+    scored = set()
     for job in (tmp_path / "multirun").glob("*/scores.csv"):
         scores = pd.read_csv(job)
-        k = int(
-            next(
-                line.split(":")[1]
-                for line in (job.parent / "config.yaml").read_text().splitlines()
-                if line.startswith("  k:")
-            )
-        )
-        assert len(scores) == 80 - 2 * k  # references taken from test/good are not scored
-        good = scores[scores["label"] == 0]["file_index"]
-        assert good.min() >= k and good.max() <= 39 - k
+        references = json.loads((job.parent / "checkpoint" / "predictor.json").read_text())["references"]
+        assert not set(references["state"]["reference_paths"]) & set(scores["path"])
+        scored.add(tuple(scores["path"]))
         assert "gate" in scores
+    assert len(scored) == 1 and len(next(iter(scored))) == 80 - 2 * 10  # the study split: k does not matter
 
 
 def test_a_gate_that_needs_labels_gets_the_p90_stand_in_for_unlabelled_images():
@@ -67,3 +65,16 @@ def test_a_gate_that_needs_labels_gets_the_p90_stand_in_for_unlabelled_images():
     p90 = make_gate("p90").fit(raw, None, condition)
     assert deployable_gate(p90, raw, None, condition) is p90
     assert stand_in.decide(torch.full((1, 31, 95), 0.35)).condition.tolist() == ["warm"]
+
+
+def test_the_random_gate_is_seeded_from_the_run_seed():
+    cfg = compose("fewshot=k1", "gating=random", "seed=7")
+    assert make_gate(**OmegaConf.to_container(cfg.gating, resolve=True)).seed == 7
+
+
+def test_what_reads_test_labels():
+    assert reads_test_labels(compose("fewshot=k1", "gating=p90")) == []
+    assert "gating=oracle" in reads_test_labels(compose("fewshot=k1", "gating=oracle"))[0]
+    per_condition = ["eval.threshold.per_condition=true"]
+    assert reads_test_labels(compose("fewshot=k1", "gating=p90", *per_condition)) == []  # the gate routes
+    assert "per_condition" in reads_test_labels(compose("eval.threshold.source=refs", *per_condition))[0]

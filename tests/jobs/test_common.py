@@ -1,5 +1,5 @@
 """The record every job writes: valid JSON with undefined metrics as null and their reasons, the random-init
-flag; metric warnings are collected without being hidden."""
+and deployable flags; metric warnings are collected without being hidden."""
 
 import json
 import math
@@ -7,7 +7,9 @@ import math
 import pytest
 
 from feclip.evaluation.metrics import MetricWarning, hdmap_metrics
-from feclip.jobs.common import RANDOM_INIT_NOTE, metric_warnings, metrics_record
+from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, closing_block, metric_warnings, metrics_record
+from feclip.tracking.local import METRICS_FILE, RUN_FILE, read_json, update_run
+from feclip.tracking.tracker import Tracker
 
 
 def test_undefined_metrics_are_null_with_their_reason():
@@ -29,3 +31,18 @@ def test_undefined_metrics_are_null_with_their_reason():
 def test_a_pretrained_run_has_no_random_init_note():
     record = metrics_record({"auroc": 0.9}, random_init=False, notes=[])
     assert record["random_init"] is False and "note" not in record and record["undefined"] == {}
+
+
+def test_a_run_that_reads_test_labels_says_so_in_metrics_json_and_its_closing_block(tmp_path):
+    update_run(tmp_path, run_name="r", job_folder=str(tmp_path), status="RUNNING")
+    record = JobRecord(tmp_path, Tracker("", "e", "r", {}, enabled=False), random_init=False, notes=[])
+    record.mark_deployable(["gating=oracle routes each image by its test condition"])
+    record.log_metrics({"auroc": 0.9})
+    written = json.loads((tmp_path / METRICS_FILE).read_text())
+    assert written["deployable"] is False and "gating=oracle" in written["not_deployable_because"][0]
+    run = read_json(tmp_path / RUN_FILE)
+    assert run["tags"] == {"deployable": "false", "deployable_reason": written["not_deployable_because"][0]}
+    closing = closing_block(run, {}, key_metrics=(), tracker=record.tracker)
+    assert "NOT DEPLOYABLE: gating=oracle routes each image by its test condition" in closing
+    record.mark_deployable([])
+    assert read_json(tmp_path / RUN_FILE)["tags"]["deployable"] == "true"

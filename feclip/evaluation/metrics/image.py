@@ -80,7 +80,7 @@ def ranking_metrics(subset: str, scores: np.ndarray, fault: np.ndarray) -> dict[
     }
 
 
-def _threshold_accuracies(name: str, predicted: np.ndarray, fault: np.ndarray, cold: np.ndarray) -> dict:
+def threshold_accuracies(name: str, predicted: np.ndarray, fault: np.ndarray, cold: np.ndarray) -> dict:
     """acc_<name>, acc_<name>_cold, acc_<name>_warm of predictions (N,) bool."""
     correct = predicted == fault
     return {
@@ -122,12 +122,12 @@ def hdmap_metrics(
     for name, rows in subsets.items():
         metrics[f"auroc_{name}"] = _subset_auroc(name, scores[rows], fault[rows])
     metrics["thr_oracle"] = _oracle_threshold(scores, fault)
-    metrics.update(_threshold_accuracies("oracle", scores >= metrics["thr_oracle"], fault, cold))
+    metrics.update(threshold_accuracies("oracle", scores >= metrics["thr_oracle"], fault, cold))
     metrics["thr_val"] = _val_threshold(val_scores, val_percentile)
     if val_scores is None:
         metrics.update(dict.fromkeys(("acc_val", "acc_val_cold", "acc_val_warm"), float("nan")))
     else:
-        metrics.update(_threshold_accuracies("val", scores > metrics["thr_val"], fault, cold))
+        metrics.update(threshold_accuracies("val", scores > metrics["thr_val"], fault, cold))
     return metrics
 
 
