@@ -129,9 +129,8 @@ def _test_scores(overrides: list[str], root, device: str = "cpu") -> dict[str, n
         rt = runtime(compose(*base, f"precision={name}"))
         refs = aware.build(cfg, method, fit, test, to_input, rt)
         images = labelled_set(test.images, test.meta["label"], to_input)
-        scores[name] = predict(
-            method, images, rt, map_size=(31, 95), rescore=refs.scorer if refs else None
-        ).scores
+        rescore = refs.scorer.for_images(test.images, test.meta, refs.scorer.gate) if refs else None
+        scores[name] = predict(method, images, rt, map_size=(31, 95), rescore=rescore).scores
     return scores
 
 
