@@ -78,13 +78,14 @@ def _cfg(overrides: list[str]):
 
 
 def _common(args, out: Path) -> list[str]:
-    n_train, n_test = (40, 20) if args.tiny else (200, 100)
+    n_train, n_test, refs = (40, 20, 4) if args.tiny else (200, 100, 16)
     return [
         "domain=C",
         f"device={args.device}",
         f"data.root={out / 'hdmap'}",
         f"data.synthetic.n_train={n_train}",
         f"data.synthetic.n_test={n_test}",
+        f"eval.split.refs_per_condition={refs}",
         "train.epochs=1",
         "aux.max_normals=100",
         f"cache_dir={out / 'cache'}",
