@@ -130,6 +130,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a non-empty list of rates in (0, 1)",
     ),
     "eval.threshold.bootstrap": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    "eval.bootstrap": (lambda v: _number(v) and isinstance(v, int) and v >= 0, "an integer >= 0"),
 }
 
 

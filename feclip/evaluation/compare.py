@@ -162,6 +162,34 @@ def metric_intervals(
     return out
 
 
+RUN_INTERVALS = ("auroc", "auroc_cold", "auroc_warm", "auroc_cross", "acc_oracle", "acc_oracle_cold")
+DECISION_INTERVALS = ("acc_val", "acc_val_cold", "acc_val_warm")
+
+
+def _defined(table: pd.DataFrame, metrics, **options) -> dict[str, float]:
+    """metric_intervals of the metrics defined on `table` (a subset too small for one is left out)."""
+    out = {}
+    for metric in metrics:
+        try:
+            out |= metric_intervals(table, [metric], **options)
+        except CompareError:
+            continue
+    return out
+
+
+def run_intervals(
+    table: pd.DataFrame, decisions: dict[str, np.ndarray], *, n: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """A job's intervals on one scored part (table: path, condition, label, score): RUN_INTERVALS, and for
+    each named decision (N,) bool (e.g. {"val": score > thr_val, "fa1": ...}) acc_<name>{,_cold,_warm}
+    with that decision fixed (its threshold came from other normals: its own noise is thr_<name>_sd)."""
+    out = _defined(table, RUN_INTERVALS, n=n, seed=seed)
+    for name, decided in decisions.items():
+        found = _defined(table.assign(decision=decided), DECISION_INTERVALS, n=n, seed=seed)
+        out |= {key.replace("acc_val", f"acc_{name}", 1): value for key, value in found.items()}
+    return out
+
+
 def _single_p(images: Images, metric: str, run_a: str, run_b: str, rows: np.ndarray) -> float:
     """Paired DeLong (AUROC) or exact McNemar (accuracy) p of one run against one run."""
     kind, _ = parse_metric(metric)

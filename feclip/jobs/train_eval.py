@@ -22,6 +22,7 @@ from feclip.data.sets import labelled_set
 from feclip.data.sources import AUX_SOURCES, SourceContext
 from feclip.data.transforms import HDMAPInput
 from feclip.evaluation import calibration
+from feclip.evaluation.compare import run_intervals
 from feclip.evaluation.figures import write_figures
 from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
 from feclip.evaluation.predictor import save_predictor
@@ -248,7 +249,14 @@ def part_metrics(cfg: DictConfig, part: HDMAPData, val_scores: np.ndarray, refs,
         metrics.update(refs.metrics(meta))
     fault, cold = meta["label"].to_numpy() == 1, meta["condition"].to_numpy() == "cold"
     groups = condition_groups(meta, condition_from(cfg, refs))
-    metrics.update(calibration.rate_metrics(calibrated, meta["score"].to_numpy(), fault, cold, groups))
+    scores = meta["score"].to_numpy()
+    metrics.update(calibration.rate_metrics(calibrated, scores, fault, cold, groups))
+    if cfg.eval.bootstrap:
+        decisions = {"val": scores > metrics["thr_val"]} if np.isfinite(metrics["thr_val"]) else {}
+        per_condition = groups if calibrated["per_condition"] else None
+        for point in calibrated["thresholds"]:
+            decisions[point] = calibration.decide(scores, calibrated, point, per_condition)
+        metrics.update(run_intervals(meta, decisions, n=cfg.eval.bootstrap, seed=cfg.seed))
     return {**metrics, "n_scored": float(len(part))}
 
 
