@@ -1,14 +1,17 @@
 """Comparison tables and intervals from per-image score tables (the rows of the runs' scores.csv).
 
-A scores table has the columns `path, condition ('cold' / 'warm'), label (0 good / 1 fault), score` and,
-for the acc_val metrics, `decision` (bool: the run flagged the image, score > thr_val from its metrics.json;
-scores.csv holds no validation scores, so the interval of acc_val leaves out the threshold's own noise).
+A scores table has the columns `path, condition ('cold' / 'warm'), label (0 good / 1 fault), score` and, for
+the accuracies at a deployable threshold, the run's own decisions: `flag_<point>` (bool: the run flagged the
+image at threshold point `val`, `fa1`, `fa5`, ..., as its scores.csv records them; `decision` is read as
+`flag_val`). Those thresholds came from other normals, so their intervals leave out the threshold's own noise
+(the run logs it as thr_<point>_sd).
 `compare_runs` takes several runs in one long table with `run, variant, seed, domain` added.
 
-Metrics (definitions in `feclip.evaluation.metrics`): `auroc`, `acc_oracle`, `acc_val`, each with an optional
-subset suffix `_cold` / `_warm` (and `_cross` / `_cross2` for AUROC, cold faults vs warm goods and the
-reverse). `acc_oracle*` re-runs the oracle threshold (over all test images) inside every bootstrap resample.
-Resamples are stratified by label x condition; values are fractions, the `text` column is in points (x 100).
+Metrics (definitions in `feclip.evaluation.metrics`): `auroc`, `acc_oracle`, `acc_<point>` (`acc_val`,
+`acc_fa1`, ...), each with an optional subset suffix `_cold` / `_warm` (and `_cross` / `_cross2` for AUROC,
+cold faults vs warm goods and the reverse). `acc_oracle*` re-runs the oracle threshold (over all test
+images) inside every bootstrap resample. Resamples are stratified by label x condition; values are
+fractions, the `text` column is in points (x 100).
 """
 
 from __future__ import annotations
@@ -20,12 +23,9 @@ from feclip.errors import FeclipError
 from feclip.evaluation import stats
 from feclip.evaluation.metrics import CONDITIONS
 
-KINDS = ("auroc", "acc_oracle", "acc_val")
-SUBSETS = {
-    "auroc": ("", "_cold", "_warm", "_cross", "_cross2"),
-    "acc_oracle": ("", "_cold", "_warm"),
-    "acc_val": ("", "_cold", "_warm"),
-}
+KINDS = ("auroc", "acc_oracle", "acc_<point>")
+SUBSETS = {"auroc": ("", "_cold", "_warm", "_cross", "_cross2"), "acc": ("", "_cold", "_warm")}
+FLAG = "flag_"  # scores-table column prefix of a run's decisions at a threshold point
 RUN_COLUMNS = ("run", "variant", "domain")  # plus `seed`, for the reader: one run is one seed
 
 
@@ -34,12 +34,15 @@ class CompareError(FeclipError):
 
 
 def parse_metric(metric: str) -> tuple[str, str]:
-    """(kind, subset suffix) of a metric name, e.g. 'auroc_cold' -> ('auroc', '_cold')."""
-    for kind in KINDS:
-        suffix = metric[len(kind) :]
-        if metric.startswith(kind) and suffix in SUBSETS[kind]:
-            return kind, suffix
-    known = [kind + suffix for kind in KINDS for suffix in SUBSETS[kind]]
+    """(kind, subset suffix) of a metric name: 'auroc_cold' -> ('auroc', '_cold'), 'acc_fa1_cold' ->
+    ('acc_fa1', '_cold')."""
+    if metric.startswith("auroc") and metric[len("auroc") :] in SUBSETS["auroc"]:
+        return "auroc", metric[len("auroc") :]
+    if metric.startswith("acc_"):
+        point, _, suffix = metric[len("acc_") :].partition("_")
+        if point and point.isalnum() and f"_{suffix}".rstrip("_") in SUBSETS["acc"]:
+            return f"acc_{point}", f"_{suffix}".rstrip("_")
+    known = [f"auroc{s}" for s in SUBSETS["auroc"]] + [f"acc_<oracle|val|fa1|...>{s}" for s in SUBSETS["acc"]]
     raise CompareError(f"metric: unknown {metric!r}; expected one of {', '.join(known)}")
 
 
@@ -47,6 +50,14 @@ def _require(table: pd.DataFrame, columns, what: str) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise CompareError(f"{what}: missing column(s) {missing}; has {list(table.columns)}")
+
+
+def _flags(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """{point: (N,) bool decisions} of a run's `flag_<point>` columns (a `decision` column is `val`'s)."""
+    flags = {c.removeprefix(FLAG): frame[c].to_numpy(bool) for c in frame if c.startswith(FLAG)}
+    if "decision" in frame:
+        flags.setdefault("val", frame["decision"].to_numpy(bool))
+    return flags
 
 
 class Images:
@@ -60,10 +71,7 @@ class Images:
         self.cold = first["condition"].to_numpy() == "cold"
         self.strata = 2 * self.positive + self.cold
         self.scores = {run: frame["score"].to_numpy(float) for run, frame in runs.items()}
-        self.decisions = {
-            run: frame["decision"].to_numpy(bool) if "decision" in frame else None
-            for run, frame in runs.items()
-        }
+        self.decisions = {run: _flags(frame) for run, frame in runs.items()}
 
     @classmethod
     def of(cls, table: pd.DataFrame, what: str) -> Images:
@@ -107,11 +115,14 @@ class Images:
         }[suffix]
 
     def correct(self, kind: str, run: str) -> np.ndarray:
-        """(N,) bool: the run's accuracy-metric decision is right (oracle threshold over all images)."""
-        if kind == "acc_val":
-            if self.decisions[run] is None:
-                raise CompareError(f"acc_val: run {run} has no 'decision' column (score > thr_val per image)")
-            return self.decisions[run] == self.positive
+        """(N,) bool: the run's accuracy-metric decision is right (oracle: threshold over all images)."""
+        if kind != "acc_oracle":
+            point = kind.removeprefix("acc_")
+            if point not in self.decisions[run]:
+                raise CompareError(
+                    f"{kind}: run {run} has no '{FLAG}{point}' column (its decisions at threshold {point})"
+                )
+            return self.decisions[run][point] == self.positive
         threshold = stats.oracle_thresholds(self.scores[run][None], self.positive)[0]
         return (self.scores[run] >= threshold) == self.positive
 
@@ -121,7 +132,7 @@ class Images:
         rows, scores, positive = self.subset(suffix), self.scores[run], self.positive
         if kind == "auroc":
             return lambda idx: stats.auroc_rows(scores[idx[:, rows]], positive[rows])
-        if kind == "acc_val":
+        if kind != "acc_oracle":
             correct = self.correct(kind, run)
             return lambda idx: correct[idx[:, rows]].mean(axis=1)
 
@@ -163,7 +174,6 @@ def metric_intervals(
 
 
 RUN_INTERVALS = ("auroc", "auroc_cold", "auroc_warm", "auroc_cross", "acc_oracle", "acc_oracle_cold")
-DECISION_INTERVALS = ("acc_val", "acc_val_cold", "acc_val_warm")
 
 
 def _defined(table: pd.DataFrame, metrics, **options) -> dict[str, float]:
@@ -177,17 +187,12 @@ def _defined(table: pd.DataFrame, metrics, **options) -> dict[str, float]:
     return out
 
 
-def run_intervals(
-    table: pd.DataFrame, decisions: dict[str, np.ndarray], *, n: int = 2000, seed: int = 0
-) -> dict[str, float]:
-    """A job's intervals on one scored part (table: path, condition, label, score): RUN_INTERVALS, and for
-    each named decision (N,) bool (e.g. {"val": score > thr_val, "fa1": ...}) acc_<name>{,_cold,_warm}
-    with that decision fixed (its threshold came from other normals: its own noise is thr_<name>_sd)."""
-    out = _defined(table, RUN_INTERVALS, n=n, seed=seed)
-    for name, decided in decisions.items():
-        found = _defined(table.assign(decision=decided), DECISION_INTERVALS, n=n, seed=seed)
-        out |= {key.replace("acc_val", f"acc_{name}", 1): value for key, value in found.items()}
-    return out
+def run_intervals(table: pd.DataFrame, *, n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """A job's intervals on one scored part (table: path, condition, label, score, flag_<point>...):
+    RUN_INTERVALS, and acc_<point>{,_cold,_warm} for each decision column."""
+    points = [c.removeprefix(FLAG) for c in table if c.startswith(FLAG)]
+    at_points = [f"acc_{point}{suffix}" for point in points for suffix in SUBSETS["acc"]]
+    return _defined(table, [*RUN_INTERVALS, *at_points], n=n, seed=seed)
 
 
 def _single_p(images: Images, metric: str, run_a: str, run_b: str, rows: np.ndarray) -> float:

@@ -22,9 +22,10 @@ from feclip.data.sets import labelled_set
 from feclip.data.sources import AUX_SOURCES, SourceContext
 from feclip.data.transforms import HDMAPInput
 from feclip.evaluation import calibration
-from feclip.evaluation.compare import run_intervals
+from feclip.evaluation.compare import FLAG, run_intervals
 from feclip.evaluation.figures import write_figures
 from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
+from feclip.evaluation.metrics.image import val_threshold
 from feclip.evaluation.predictor import save_predictor
 from feclip.evaluation.split import StudySplit, eval_set, split_test
 from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, config_identity, epoch_logger
@@ -38,6 +39,9 @@ SCORE_COLUMNS = {
     "map_topk": "mean of the top-k anomaly map values (eval.calibration.topk)",
     "gate": "condition the gate routed the image to (gated runs)",
     "gate_p_cold": "the gate's confidence that the image is cold (gated runs)",
+    "flag_val": "the run's decision at thr_val (eval.val_percentile of the held-out normals): fault",
+    "flag_<point>": "the run's decision at a false-alarm point (fa1, fa5, ...; per condition when the "
+    "thresholds are): fault",
 }
 
 
@@ -112,9 +116,12 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     calibrated = calibrate(
         cfg, normals, context=calibration_context(cfg, method, to_input, normals, refs=refs)
     )
+    val_scores = val_scored.meta["score"].to_numpy()
+    scored = with_flags(cfg, scored, val_scores, refs, calibrated)
     parts = {name: scored.subset(study.part[rows] == name) for name in ("test", "dev")}
-    metrics = study_metrics(cfg, record, parts, val_scored.meta["score"].to_numpy(), refs, calibrated)
-    table = scores_table(scored, list(SCORE_COLUMNS)).assign(split=study.part[rows])
+    metrics = study_metrics(cfg, record, parts, val_scores, refs, calibrated)
+    columns = [c for c in scored.meta if c in SCORE_COLUMNS or c.startswith(FLAG)]
+    table = scores_table(scored, columns).assign(split=study.part[rows])
     table.to_csv(output_dir / "scores.csv", index=False)
     write_scores_info(output_dir / "scores_info.json", cfg, method)
     record.log_metrics(metrics)  # on disk and in the run before anything else can fail
@@ -165,6 +172,20 @@ def threshold_refs(pool: HDMAPData, refs: aware.References | None, score) -> HDM
     if refs is None:
         return score(pool, None)
     return score(pool.subset(refs.keep), refs.scorer.gate)
+
+
+def with_flags(
+    cfg: DictConfig, scored: HDMAPData, val_scores: np.ndarray, refs, calibrated: dict
+) -> HDMAPData:
+    """`scored` with the run's decision per image (meta flag_val, flag_<point>): what its acc_ metrics count
+    and what a paired comparison (`feclip.evaluation.compare`) reads back from scores.csv."""
+    scores = scored.meta["score"].to_numpy()
+    flags = {f"{FLAG}val": scores > val_threshold(val_scores, cfg.eval.val_percentile)}
+    groups = condition_groups(scored.meta, condition_from(cfg, refs))
+    per_condition = groups if calibrated["per_condition"] else None
+    for point in calibrated["thresholds"]:
+        flags[f"{FLAG}{point}"] = calibration.decide(scores, calibrated, point, per_condition)
+    return scored.with_predictions(flags, scored.maps)
 
 
 def condition_from(cfg: DictConfig, refs: aware.References | None) -> str | None:
@@ -249,14 +270,9 @@ def part_metrics(cfg: DictConfig, part: HDMAPData, val_scores: np.ndarray, refs,
         metrics.update(refs.metrics(meta))
     fault, cold = meta["label"].to_numpy() == 1, meta["condition"].to_numpy() == "cold"
     groups = condition_groups(meta, condition_from(cfg, refs))
-    scores = meta["score"].to_numpy()
-    metrics.update(calibration.rate_metrics(calibrated, scores, fault, cold, groups))
+    metrics.update(calibration.rate_metrics(calibrated, meta["score"].to_numpy(), fault, cold, groups))
     if cfg.eval.bootstrap:
-        decisions = {"val": scores > metrics["thr_val"]} if np.isfinite(metrics["thr_val"]) else {}
-        per_condition = groups if calibrated["per_condition"] else None
-        for point in calibrated["thresholds"]:
-            decisions[point] = calibration.decide(scores, calibrated, point, per_condition)
-        metrics.update(run_intervals(meta, decisions, n=cfg.eval.bootstrap, seed=cfg.seed))
+        metrics.update(run_intervals(meta, n=cfg.eval.bootstrap, seed=cfg.seed))
     return {**metrics, "n_scored": float(len(part))}
 
 

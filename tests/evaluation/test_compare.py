@@ -118,7 +118,7 @@ def test_acc_val_uses_the_decisions_and_exact_mcnemar():
     assert row.delta == pytest.approx((7 - 3) / 40)
     assert row.p == pytest.approx(sps.binomtest(5, 6, 0.5).pvalue)  # a alone right on 5, b alone right on 1
     assert row.mdd == pytest.approx(stats.mdd_accuracy_paired(6 / 40, 40))
-    with pytest.raises(CompareError, match="acc_val: run A has no 'decision' column"):
+    with pytest.raises(CompareError, match="acc_val: run A has no 'flag_val' column"):
         compare_runs(table.drop(columns="decision"), "acc_val", baseline="b")
 
 

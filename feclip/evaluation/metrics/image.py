@@ -123,7 +123,7 @@ def hdmap_metrics(
         metrics[f"auroc_{name}"] = _subset_auroc(name, scores[rows], fault[rows])
     metrics["thr_oracle"] = _oracle_threshold(scores, fault)
     metrics.update(threshold_accuracies("oracle", scores >= metrics["thr_oracle"], fault, cold))
-    metrics["thr_val"] = _val_threshold(val_scores, val_percentile)
+    metrics["thr_val"] = val_threshold(val_scores, val_percentile)
     if val_scores is None:
         metrics.update(dict.fromkeys(("acc_val", "acc_val_cold", "acc_val_warm"), float("nan")))
     else:
@@ -131,7 +131,7 @@ def hdmap_metrics(
     return metrics
 
 
-def _val_threshold(val_scores, val_percentile: float) -> float:
+def val_threshold(val_scores, val_percentile: float) -> float:
     """The `val_percentile` percentile (numpy linear) of val_scores (M,); NaN when val_scores is None."""
     if not 0.0 <= val_percentile <= 100.0:
         raise MetricsError(f"val_percentile: expected a value in [0, 100], got {val_percentile}")
