@@ -30,6 +30,7 @@ IGNORED = (
     "device",
     "precision",
     "cache_dir",
+    "compare",
     "mode",
     "predict",
     "data.root",

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from scipy.stats import t as student_t
 
 from feclip.data.hdmap import DOMAINS
 from feclip.errors import FeclipError
+from feclip.evaluation.compare import compare_runs
 from feclip.tracking.local import METRICS_FILE, RUN_FILE, job_folders, read_json
 from feclip.tracking.tracker import PARENT_TAG, client_for, experiment_id, search_all_runs
 from feclip.tracking.uris import check_tracking_uri, sqlite_path
@@ -33,6 +35,8 @@ RUN_COLUMNS = (
     "precision",
     "device",
     "random_init",
+    "deployable",
+    "eval_set",
     "parent_run_id",
     "sweep_id",
 )
@@ -47,8 +51,14 @@ METRIC_NOTES = {
     "auroc_cross2": "AUROC warm fault vs cold good",
     "acc_oracle": "accuracy at the best threshold on the test scores themselves (oracle: optimistic)",
     "acc_val": "accuracy at a percentile of held-out normal scores (deployable)",
+    "acc_val_cold": "accuracy on cold images at the acc_val threshold (deployable)",
+    "acc_val_warm": "accuracy on warm images at the acc_val threshold (deployable)",
+    "acc_oracle_cold": "accuracy on cold images at the oracle threshold of all test images (optimistic)",
+    "acc_fa1": "accuracy at the threshold of a 1 % false-alarm rate on the threshold normals (deployable)",
+    "acc_fa1_cold": "cold-image accuracy at the 1 % false-alarm threshold (deployable)",
     "f1_max": "best F1 over thresholds on the test scores (oracle)",
-    "tpr_at_fpr1": "TPR at 1% FPR",
+    "tpr_at_fpr1": "TPR at 1% FPR (on the test goods themselves)",
+    "gate_acc": "the gate's cold/warm routing accuracy against the file-index truth (gated runs)",
 }
 
 
@@ -57,10 +67,17 @@ RANDOM_INIT_WARNING = (
     "these numbers test the pipeline, not FE-CLIP.**"
 )
 HOW_TO_READ = (
-    "Cells: mean ± sample std over seeds (n = seeds, shown when > 1), rate metrics x100; `mean` = mean over "
-    "the domains present. Rows starting with `anchor:` are published numbers from baselines.md, measured "
-    "under other protocols (notes under each table), shown only under the metric they are comparable to."
+    "Cells: mean [95 % interval] (x100 for rate metrics), n = seeds when > 1. One run: its stratified "
+    "bootstrap interval over the scored images (`<metric>_ci_lo/_ci_hi`). Several seeds: mean ± 1.96 "
+    "sqrt(s²/n + SE²), s the SD over seeds and SE the runs' image-bootstrap SE (the seeds share the images, "
+    "so their image noise does not average out); `seed-invariant` where every seed gave the same value. "
+    "`mean` = mean over the domains present. Every row of a domain was scored on the same images "
+    "(`eval_set`). `NOT DEPLOYABLE` marks rows whose runs read test labels (oracle gate, ...). Tables "
+    "named `dev/...` are the dev part: choose variants there, claim on the test tables. Rows starting with "
+    "`anchor:` are published numbers from docs/baselines, measured under other protocols (notes under each "
+    "table)."
 )
+Z95 = 1.959964  # two-sided 95 % normal quantile
 
 
 class ReportError(FeclipError):
@@ -102,7 +119,14 @@ CPD_NOTE = (
     "§2.9: CPD-PatchCore, ViT-B blocks 8+11, [f|ctx2|ctx3], references = 16 coldest + 16 warmest "
     "test/good images (still scored); test-optimal threshold (oracle), 1980 test images, one seed"
 )
+EXP23 = "PatchCore exp-23, the user's paper (§2.6)"
+EXP23_NOTE = (
+    "§2.6: the user's PatchCore baseline (DINOv2 ViT-S/14 blocks.8, 518 nearest, no ImageNet norm, coreset "
+    "1%), accuracy as reported (paper figure: domain C 79.9 ± 1.2, domain average 91.6 ± 7.7; D not "
+    "published, ≈ 93.8 implied); threshold most likely test-optimal (Youden J): compare with acc_oracle"
+)
 ANCHORS = (
+    Anchor(EXP23, "acc_oracle", ("96.3", "96.4", "79.9", "–"), EXP23_NOTE, "91.6"),
     Anchor(WINCLIP_22, "auroc", ("81.93", "81.32", "73.05", "80.86"), WINCLIP_22_NOTE, "79.29"),
     Anchor(WINCLIP_22, "auroc_cold", ("80.46", "72.33", "72.50", "71.06"), WINCLIP_22_NOTE, "74.09"),
     Anchor(WINCLIP_22, "auroc_warm", ("84.49", "92.08", "75.53", "91.70"), WINCLIP_22_NOTE, "85.95"),
@@ -132,6 +156,12 @@ ORACLE_METRICS = ("acc_oracle", "f1_max", "thr_oracle")  # thresholds that see t
 
 def is_oracle(metric: str) -> bool:
     return metric.split("/")[-1].startswith(ORACLE_METRICS)
+
+
+def _note(metric: str) -> str:
+    part, _, name = metric.rpartition("/")
+    note = METRIC_NOTES.get(name, name)
+    return f"{note}; on the {part} part (choose here, claim on the test tables)" if part else note
 
 
 def anchors_for(metric: str) -> list[Anchor]:
@@ -167,6 +197,8 @@ def _row(identity: dict, tags: dict, params: dict, metrics: dict) -> dict:
         "variant": f"{tags.get('method', 'feclip')} · {tags.get('variant') or identity['run_name']}",
         "seed": tags.get("seed") or params.get("seed") or "",
         "backbone": tags.get("backbone") or params.get("backbone.name") or "unknown",
+        "deployable": tags.get("deployable") != "false",
+        "eval_set": tags.get("eval_set") or "unknown",
         "precision": tags.get("precision") or "unknown",
         "device": tags.get("device") or "unknown",
         "random_init": tags.get("feclip.random_init") == "true",
@@ -186,11 +218,21 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return runs.sort_values("start_time", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def folder_runs(sweep_dir: str | Path) -> pd.DataFrame:
-    """The report rows of a sweep's FINISHED jobs, from their folders (run.json + metrics.json): the same
-    table as `collect_runs` without a store, so a sweep whose tracking was lost still reports."""
+def _jobs_of(folder: Path) -> list[Path]:
+    return [folder] if (folder / RUN_FILE).is_file() else job_folders(folder)
+
+
+def folder_runs(*folders: str | Path) -> pd.DataFrame:
+    """The report rows of FINISHED jobs, from their folders (run.json + metrics.json): the same table as
+    `collect_runs` without a store, so a sweep whose tracking was lost still reports. `folders`: sweep folders
+    (their jobs) or job folders; column `folder` names each job's."""
     rows = []
-    for folder in job_folders(Path(sweep_dir)):
+    jobs = [
+        f
+        for given in map(Path, folders)
+        for f in ([given] if (given / RUN_FILE).is_file() else job_folders(given))
+    ]
+    for folder in jobs:
         record = read_json(folder / RUN_FILE)
         if record.get("status") != "FINISHED" or not (folder / METRICS_FILE).exists():
             continue
@@ -199,12 +241,59 @@ def folder_runs(sweep_dir: str | Path) -> pd.DataFrame:
             "run_id": record.get("run_id"),
             "run_name": record.get("run_name"),
             "start_time": record.get("updated"),
+            "folder": str(folder),
         }
         values = {k: (float("nan") if v is None else v) for k, v in metrics.items()}
         rows.append(_row(identity, record.get("tags", {}), {}, values))
     runs = _frame(rows)
     runs.attrs.update(experiment=None, uri=None, superseded=0)
     return runs
+
+
+def run_scores(runs: pd.DataFrame, part: str = "test") -> pd.DataFrame:
+    """The per-image scores of `runs` (rows of `folder_runs`), long: their scores.csv rows of study `part`
+    (every row for runs without parts) with run (its folder), variant, seed, domain added."""
+    tables = []
+    for run in runs.to_dict("records"):
+        scores = pd.read_csv(Path(run["folder"]) / "scores.csv")
+        if "split" in scores and (scores["split"] == part).any():
+            scores = scores[scores["split"] == part]
+        identity = {
+            "run": run["folder"],
+            "variant": run["variant"],
+            "seed": run["seed"],
+            "domain": run["domain"],
+        }
+        tables.append(scores.drop(columns=["domain"], errors="ignore").assign(**identity))
+    if not tables:
+        raise ReportError("no finished runs to compare")
+    return pd.concat(tables, ignore_index=True)
+
+
+def comparison(runs: pd.DataFrame, metric: str, baseline: str, *, part: str = "test", n: int = 2000):
+    """`feclip.evaluation.compare.compare_runs` of the runs' per-image scores against `baseline` (a row
+    label, `<method> · <variant>`, or `<method>.<variant>`)."""
+    labels = set(runs["variant"])
+    if baseline not in labels:
+        baseline = baseline.replace(".", " · ", 1)
+    return compare_runs(run_scores(runs, part), metric, baseline=baseline, n=n)
+
+
+def comparison_lines(table: pd.DataFrame, part: str = "test") -> list[str]:
+    """The markdown section of one comparison table (`comparison`)."""
+    first = table.iloc[0]
+    lines = [
+        f"## Δ vs `{first.baseline}`: {first.metric} ({part} part, paired on identical images)",
+        "",
+        "Δ in points [95 % interval: hierarchical bootstrap over seeds, then images], p Holm-adjusted over "
+        "the table (one seed each: paired DeLong for AUROC, exact McNemar for accuracy); mdd: the smallest "
+        "Δ detectable at 80 % power with these sizes.",
+        "",
+        "| variant | domain | comparison | mdd |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r.variant} | {r.domain} | {r.text} | {100 * r.mdd:.2f} |" for r in table.itertuples()]
+    return [*lines, ""]
 
 
 def collect_runs(
@@ -232,13 +321,33 @@ def collect_runs(
 
 
 def _scale(metric: str) -> float:
-    return 100.0 if metric.startswith(PERCENT_PREFIXES) else 1.0
+    return 100.0 if metric.split("/")[-1].startswith(PERCENT_PREFIXES) else 1.0
 
 
-def _cell(mean: float, std: float, n: int, digits: int) -> str:
-    if n <= 1 or math.isnan(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})"
+def interval(values: pd.Series, lo: pd.Series, hi: pd.Series) -> tuple[float, float, float]:
+    """(mean, lo, hi) of one cell: the runs' metric `values` with their bootstrap intervals (NaN where a run
+    logged none). One run: its interval. Several: mean ± Z95 sqrt(s²/n + SE²), s the SD over runs, SE² the
+    mean squared image-bootstrap SE of the runs (shared images: it does not shrink with n); runs without
+    intervals (older runs): the Student t interval over the seeds alone."""
+    mean, n = float(values.mean()), len(values)
+    if n == 1:
+        return mean, float(lo.iloc[0]), float(hi.iloc[0])
+    image_var = float((((hi - lo) / (2 * Z95)) ** 2).mean())
+    if math.isnan(image_var):
+        half = float(student_t.ppf(0.975, n - 1)) * math.sqrt(values.var(ddof=1) / n)
+    else:
+        half = Z95 * math.sqrt(values.var(ddof=1) / n + image_var)
+    return mean, mean - half, mean + half
+
+
+def _cell(numbers: dict, digits: int) -> str:
+    """'93.4 [92.1, 94.6] (n=3)' from a cell's numbers (already scaled)."""
+    text = f"{numbers['mean']:.{digits}f}"
+    if not math.isnan(numbers["lo"]):
+        text += f" [{numbers['lo']:.{digits}f}, {numbers['hi']:.{digits}f}]"
+    notes = [f"n={numbers['n']}"] if numbers["n"] > 1 else []
+    notes += ["seed-invariant"] if numbers["seed_invariant"] else []
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def _mean_cell(domain_means: pd.Series, digits: int) -> str:
@@ -255,27 +364,78 @@ def identity_suffix(data: pd.DataFrame) -> pd.Series:
     return " [" + data[mixed].astype(str).agg(", ".join, axis=1) + "]"
 
 
+def same_images(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The runs of each domain scored on its most common `eval_set`, and one line per domain naming the runs
+    left out because they scored other images (another split or protocol): a table's rows are paired."""
+    if "eval_set" not in runs:
+        return runs, []
+    keep = pd.Series(True, index=runs.index)
+    notes = []
+    for domain, group in runs.groupby("domain"):
+        common = group["eval_set"].value_counts().index[0]
+        other = group[group["eval_set"] != common]
+        if len(other):
+            keep[other.index] = False
+            names = ", ".join(other["run_name"].astype(str))
+            notes.append(
+                f"left out of domain {domain}: {names} (eval_set {', '.join(other['eval_set'].unique())}): "
+                f"scored other images than the {len(group) - len(other)} runs of eval_set {common}"
+            )
+    return runs[keep], notes
+
+
+def _row_labels(data: pd.DataFrame) -> pd.Series:
+    labels = data["variant"] + identity_suffix(data)
+    if "deployable" in data:
+        labels = labels.where(data["deployable"].astype(bool), labels + " NOT DEPLOYABLE")
+    return labels
+
+
+def cell_numbers(data: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (row label, domain): mean, lo, hi (scaled), n, seed_invariant: the table's numbers."""
+    scale = _scale(metric)
+    lo = data.get(f"{metric}_ci_lo", pd.Series(float("nan"), index=data.index)).astype(float)
+    hi = data.get(f"{metric}_ci_hi", pd.Series(float("nan"), index=data.index)).astype(float)
+    rows = []
+    for (label, domain), group in data.groupby([_row_labels(data), data["domain"]]):
+        values = group[metric].astype(float)
+        mean, low, high = interval(values, lo[group.index], hi[group.index])
+        rows.append(
+            {
+                "variant": label,
+                "domain": domain,
+                "mean": mean * scale,
+                "lo": low * scale,
+                "hi": high * scale,
+                "n": len(group),
+                "seed_invariant": len(group) > 1 and values.nunique() == 1,
+            }
+        )
+    return pd.DataFrame(rows, columns=["variant", "domain", "mean", "lo", "hi", "n", "seed_invariant"])
+
+
 def variant_domain_table(runs: pd.DataFrame, metric: str, digits: int = 1) -> pd.DataFrame:
     """Rows = variants (with `[backbone, precision, device]`, those of them the runs mix: runs of another
-    precision are another row, never pooled as seeds) then the anchor rows for `metric`;
-    columns A B C D mean; cells "93.4 ± 0.5 (n=3)" = mean ± sample std over seeds, x100 for rate metrics,
-    "–" where no run exists. attrs: metric, n_runs, backbones {name: runs}, random_init (runs), experiment."""
+    precision are another row, never pooled as seeds; `NOT DEPLOYABLE` where runs read test labels) then the
+    anchor rows for `metric`; columns A B C D mean; cells "93.4 [92.1, 94.6] (n=3)" (`interval`), x100 for
+    rate metrics, "–" where no run exists. Runs that scored other images than their domain's others are left
+    out (`same_images`). attrs: metric, n_runs, backbones {name: runs}, random_init (runs), experiment,
+    numbers (`cell_numbers`), left_out (lines)."""
     if metric not in runs.columns:
         logged = sorted(set(runs.columns) - set(RUN_COLUMNS))
         raise ReportError(
             f"metric {metric!r} was logged by none of the {len(runs)} runs; logged: {', '.join(logged)}"
         )
     data = runs[runs["domain"].isin(DOMAINS) & runs[metric].notna()]
-    rows = data["variant"] + identity_suffix(data)
-    values = data[metric].astype(float) * _scale(metric)
-    stats = values.groupby([rows, data["domain"]]).agg(["mean", "std", "count"])
+    data, left_out = same_images(data)
+    numbers = cell_numbers(data, metric)
     table = pd.DataFrame(
-        MISSING, index=pd.Index(sorted(set(rows)), name="variant"), columns=[*DOMAINS, "mean"]
+        MISSING, index=pd.Index(sorted(set(numbers["variant"])), name="variant"), columns=[*DOMAINS, "mean"]
     )
-    for (row, domain), s in stats.iterrows():
-        table.loc[row, domain] = _cell(s["mean"], s["std"], int(s["count"]), digits)
-    for row in table.index:
-        table.loc[row, "mean"] = _mean_cell(stats.loc[row, "mean"], digits)
+    for cell in numbers.to_dict("records"):
+        table.loc[cell["variant"], cell["domain"]] = _cell(cell, digits)
+    for row, group in numbers.groupby("variant"):
+        table.loc[row, "mean"] = _mean_cell(group.set_index("domain")["mean"], digits)
     for anchor in anchors_for(metric):
         table.loc[anchor.row] = anchor.cells()
     table.attrs.update(
@@ -285,6 +445,8 @@ def variant_domain_table(runs: pd.DataFrame, metric: str, digits: int = 1) -> pd
         random_init=int(data["random_init"].sum()),
         experiment=runs.attrs.get("experiment"),
         superseded=runs.attrs.get("superseded", 0),
+        numbers=numbers,
+        left_out=left_out,
     )
     return table
 
@@ -321,29 +483,37 @@ def report_header(tables: dict[str, pd.DataFrame]) -> list[str]:
 
 
 def write_report(
-    tables: dict[str, pd.DataFrame], out_dir: str | Path, runs: pd.DataFrame | None = None
+    tables: dict[str, pd.DataFrame],
+    out_dir: str | Path,
+    runs: pd.DataFrame | None = None,
+    comparisons: list[pd.DataFrame] = (),
 ) -> Path:
-    """Write `<out_dir>/report.md` (header + one section per metric), `<metric>.csv` per table and, when
-    given, `runs.csv` (one row per run). Returns the markdown path."""
+    """Write `<out_dir>/report.md` (header, the `comparisons` tables, one section per metric),
+    `<metric>.csv` per table (numbers in columns), `compare_<metric>.csv` per comparison and, when given,
+    `runs.csv` (one row per run). Returns the markdown path."""
     if not tables:
         raise ReportError("write_report got no tables; expected {metric: variant_domain_table(...)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = report_header(tables)
+    for compared in comparisons:
+        lines += comparison_lines(compared)
+        compared.to_csv(out / f"compare_{compared.iloc[0].metric}.csv", index=False)
     for metric, table in tables.items():
         scaled = " (x100)" if _scale(metric) != 1 else ""
         oracle = ", ORACLE threshold: chosen on the test labels" if is_oracle(metric) else ""
         lines += [
             f"## {metric}{scaled}{oracle}",
             "",
-            METRIC_NOTES.get(metric, metric),
+            _note(metric),
             "",
             *markdown_lines(table),
             "",
         ]
         lines += [f"- `{a.row}`: {a.note}" for a in anchors_for(metric) if a.row in table.index]
         lines.append("")
-        table.to_csv(out / f"{metric}.csv", index_label="row")
+        lines += [f"- {line}" for line in table.attrs.get("left_out", [])]
+        table.attrs["numbers"].to_csv(out / f"{metric.replace('/', '_')}.csv", index=False)
     if runs is not None:
         runs.sort_values(["variant", "domain", "seed"]).to_csv(out / "runs.csv", index=False)
     path = out / "report.md"

@@ -21,8 +21,16 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from feclip.errors import FeclipError
 from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
-from feclip.tracking.report import folder_runs, markdown_lines, variant_domain_table, write_report
+from feclip.tracking.report import (
+    comparison,
+    folder_runs,
+    markdown_lines,
+    same_images,
+    variant_domain_table,
+    write_report,
+)
 from feclip.tracking.tracker import MAX_TAG_LENGTH, client_for, experiment_id, param_key, truncate
 from feclip.tracking.uris import (
     TrackingError,
@@ -39,7 +47,21 @@ STATUSES = ("finished", "failed", "killed", "skipped")
 REPORT_DIR = (
     "report"  # <sweep dir>/report: the sweep's variant x domain tables (md + csv), also on the parent
 )
-STUDY_METRICS = ("auroc", "auroc_cold", "auroc_warm", "auroc_cross", "acc_val", "acc_oracle")
+STUDY_METRICS = (
+    "auroc",
+    "auroc_cold",
+    "auroc_warm",
+    "auroc_cross",
+    "acc_val",
+    "acc_val_cold",
+    "acc_val_warm",
+    "acc_fa1",
+    "acc_fa1_cold",
+    "acc_oracle",
+    "acc_oracle_cold",
+    "tpr_at_fpr1",
+    "gate_acc",
+)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -118,7 +140,9 @@ class MlflowSweepCallback(Callback):
         overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
         sweep_dir.mkdir(parents=True, exist_ok=True)
         record = {"sweep_id": sweep_id, "key": uuid.uuid4().hex, "jobs": count_jobs(config)}
-        write_json(sweep_dir / SWEEP_FILE, {**record, "overrides": overrides, "experiment": experiment})
+        compare = OmegaConf.to_container(config.compare) if "compare" in config else None
+        record |= {"overrides": overrides, "experiment": experiment, "compare": compare}
+        write_json(sweep_dir / SWEEP_FILE, record)
         self._exit_hook = functools.partial(_end_aborted_sweep, sweep_dir)
         atexit.register(self._exit_hook)
         if not enabled:
@@ -180,17 +204,46 @@ class Study:
 
 def study(sweep_dir: Path) -> Study:
     """The study of the sweep's job folders, written to `<sweep dir>/report` (report.md + one CSV per metric +
-    runs.csv) when there is one."""
+    runs.csv) when there is one: each study metric on the test part beside its dev part (`dev/<metric>`),
+    and the Δ tables of the sweep's `compare` settings."""
     runs = folder_runs(sweep_dir)
     runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
-    metrics = [m for m in STUDY_METRICS if m in runs.columns and runs[m].notna().any()]
+    metrics = [
+        name
+        for m in STUDY_METRICS
+        for name in (m, f"dev/{m}")
+        if name in runs.columns and runs[name].notna().any()
+    ]
     if runs.empty or not metrics:
         return Study()
     tables = {metric: variant_domain_table(runs, metric) for metric in metrics}
     for table in tables.values():
         table.attrs["experiment"] = sweep_id_for(sweep_dir)
-    write_report(tables, Path(sweep_dir) / REPORT_DIR, runs)
+    write_report(tables, Path(sweep_dir) / REPORT_DIR, runs, comparisons(sweep_dir, runs))
     return Study(tables, runs)
+
+
+def _job_number(folder: str) -> int:
+    name = Path(folder).name
+    return int(name) if name.isdigit() else 1 << 30
+
+
+def comparisons(sweep_dir: Path, runs: pd.DataFrame) -> list[pd.DataFrame]:
+    """The Δ tables of the sweep's `compare` settings (sweep.json), on the runs of the first job's eval_set
+    per domain; none with one variant; a table that cannot be made is left out with one printed line."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    settings = (read_json(path) if path.exists() else {}).get("compare") or {"metrics": []}
+    runs, _ = same_images(runs)
+    if runs["variant"].nunique() < 2:
+        return []
+    baseline = settings.get("baseline") or runs["variant"].iloc[runs["folder"].map(_job_number).argmin()]
+    tables = []
+    for metric in settings["metrics"]:
+        try:
+            tables.append(comparison(runs, metric, baseline, n=settings.get("bootstrap", 2000)))
+        except FeclipError as error:
+            print(f"feclip: no Δ table for {metric}: {error}", file=sys.stderr)
+    return tables
 
 
 def variant_means(runs) -> dict[str, float]:
