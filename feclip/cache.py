@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from feclip.cli import guard
 from feclip.data.sets import ImageSet
-from feclip.errors import FeclipError
+from feclip.errors import FeclipError, note
+from feclip.files import write_text
 from feclip.progress import progress
 from feclip.registry import choices
 from feclip.runtime import Runtime
@@ -144,7 +145,7 @@ def frozen_features(method, images: ImageSet, rt: Runtime) -> Frozen | None:
             os.utime(meta_path)  # last use, for the size cap
             return frozen
         except (OSError, ValueError, KeyError) as error:
-            print(f"feclip: cache entry {path} is unreadable ({error}); recomputing it", file=sys.stderr)
+            note(f"cache entry {path} is unreadable ({error}); recomputing it")
             meta_path.unlink(missing_ok=True)
     _write(method, images, rt, path, stored)
     meta = {
@@ -210,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         "--older-than", type=float, default=None, metavar="DAYS", help="with --clear: unused for DAYS"
     )
     args = parser.parse_args(argv)
+    return guard(lambda: _list_or_clear(args), "feclip.cache")
+
+
+def _list_or_clear(args: argparse.Namespace) -> int:
+    if args.dir.exists() and not args.dir.is_dir():
+        raise CacheError(f"--dir {args.dir} is a file; expected the cache folder (config cache_dir)")
     records = entries(args.dir) if args.dir.is_dir() else []
     if args.list:
         for r in records:

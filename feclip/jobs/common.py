@@ -7,9 +7,7 @@ import contextlib
 import hashlib
 import json
 import math
-import signal
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -20,8 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from feclip import tracking
 from feclip.cache import size_bytes
+from feclip.cli import signals_as_exceptions
 from feclip.data.sources import AUX_SOURCES
+from feclip.errors import note
 from feclip.evaluation.metrics import MetricWarning
+from feclip.files import write_text
 from feclip.methods.registry import METHODS
 from feclip.progress import job_label
 from feclip.tracking.local import (
@@ -33,7 +34,7 @@ from feclip.tracking.local import (
     update_run,
     write_json,
 )
-from feclip.tracking.tracker import Terminated, end_status, failure_reason
+from feclip.tracking.tracker import end_status, failure_reason
 
 RANDOM_INIT_NOTE = "random-init backbone: numbers test the pipeline, not FE-CLIP"
 
@@ -163,24 +164,6 @@ def epoch_logger(record: JobRecord) -> Callable[[int, dict[str, float]], None]:
         record.log_metrics({f"train_{name}": value for name, value in losses.items()}, step=epoch)
 
     return log_epoch
-
-
-@contextlib.contextmanager
-def signals_as_exceptions() -> Iterator[None]:
-    """SIGTERM (SLURM's time limit) and SIGINT raise `Terminated` in the job, so it ends cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(number, frame):
-        raise Terminated(f"{signal.Signals(number).name} (signal {number})")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def finished_run(cfg: DictConfig, uri: str, digest: str):

@@ -347,11 +347,6 @@ class Tracker:
             )
 
 
-class Terminated(KeyboardInterrupt):
-    """A termination signal (SIGTERM: what SLURM sends at a time limit) turned into an exception, so the job
-    ends like on Ctrl-C: files flushed, the run KILLED with the signal as the reason."""
-
-
 def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
