@@ -7,11 +7,13 @@ and the device kind. For FE-CLIP that is the tokens entering the first tap block
 run only the rest. Modes (`train.token_cache`): `off` (full forward every time), `memory` (computed once per
 run), `disk` (stored under `cache_dir`, shared by the jobs of a sweep; any changed input gives a new key).
 
-A disk entry is `<key>.npy` (the features, written chunk by chunk into a memory map, never concatenated in
-RAM, and memory-mapped on read) plus `<key>.json` (what it holds, written last: an entry without it is
-incomplete). Features are stored in `train.cache_dtype` (`auto`: the run's precision; bf16 halves the disk
-and RAM of fp32 tokens and is what a bf16 run computes anyway). An unreadable or truncated entry is reported
-in one line and recomputed. `train.cache_max_gb` caps the folder: the least recently used entries are removed
+A disk entry is `<key>.npy` (the features, written chunk by chunk into a memory map under a temporary name,
+never concatenated in RAM, and memory-mapped on read) plus `<key>.json` (what it holds and the sha256 of the
+`.npy`, written last and atomically: an entry without it is incomplete). Every read checks the sha256, so an
+entry changed after it was written (other bytes of the same size included) is never used. Features are
+stored in `train.cache_dtype` (`auto`: the run's precision; bf16 halves the disk and RAM of fp32 tokens and
+is what a bf16 run computes anyway). An unreadable, truncated or changed entry is reported in one line and
+recomputed. `train.cache_max_gb` caps the folder: the least recently used entries are removed
 first. List or clear the cache with
 
     python -m feclip.cache --list [--dir data/cache]
@@ -116,7 +118,17 @@ def _write(method, images: ImageSet, rt: Runtime, path: Path, dtype: str) -> Non
         tmp.unlink(missing_ok=True)
 
 
+def sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def _read(path: Path, meta: dict) -> Frozen:
+    """The entry's features, after checking its sha256 against the one written with it (ValueError)."""
+    if "sha256" not in meta:
+        raise ValueError("no sha256 (written by an older feclip)")
+    if sha256(path) != meta["sha256"]:
+        raise ValueError("its content does not match the sha256 written with it (changed on disk)")
     array = np.load(path, mmap_mode="c")  # copy-on-write map: no RAM until rows are used
     if list(array.shape) != meta["shape"]:
         raise ValueError(f"shape {list(array.shape)}, expected {meta['shape']}")
@@ -155,8 +167,9 @@ def frozen_features(method, images: ImageSet, rt: Runtime) -> Frozen | None:
         "method": method.name,
         "images": len(images),
         "created": time.time(),
+        "sha256": sha256(path),
     }
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_text(meta_path, json.dumps(meta, indent=2))
     if rt.cache_max_gb is not None:
         evict(folder, max_bytes=int(rt.cache_max_gb * 2**30), keep=key)
     return _read(path, meta)

@@ -119,3 +119,34 @@ def test_cli_lists_and_clears(tmp_path, capsys):
     assert main(["--list", "--dir", str(tmp_path)]) == 0 and "1 entries" in capsys.readouterr().out
     assert main(["--clear", "--older-than", "1", "--dir", str(tmp_path)]) == 0 and len(entries(tmp_path)) == 1
     assert main(["--clear", "--dir", str(tmp_path)]) == 0 and entries(tmp_path) == []
+
+
+def test_an_entry_overwritten_with_other_bytes_of_the_same_size_is_recomputed(tmp_path, capsys):
+    """Used to be read without a word: every entry now carries the sha256 of its .npy."""
+    method, data = _method(), hdmap_set(6)
+    rt = Runtime(torch.device("cpu"), batch_size=4, cache="disk", cache_dir=tmp_path)
+    stored = frozen_features(method, data, rt).features.clone()
+    (entry,) = entries(tmp_path)
+    meta = json.loads(entry["path"].with_suffix(".json").read_text())
+    assert len(meta["sha256"]) == 64
+    size = entry["path"].stat().st_size
+    with entry["path"].open("r+b") as handle:  # the header stays valid: only feature bytes change
+        handle.seek(size - 64)
+        handle.write(bytes(64))
+    assert entry["path"].stat().st_size == size
+    again = frozen_features(method, data, rt)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("feclip: ")]
+    assert notes == [
+        f"feclip: note: cache entry {entry['path']} is unreadable (its content does not match the sha256 "
+        "written with it (changed on disk)); recomputing it"
+    ]
+    assert torch.equal(again.features, stored)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["--list", "--dir", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == (
+        f"feclip.cache: error: --dir {tmp_path / 'file'} is a file; "
+        "expected the cache folder (config cache_dir)\n"
+    )
