@@ -32,7 +32,7 @@ from torch import nn
 from feclip.condition.aware import ReferenceScorer
 from feclip.condition.banks import ReferenceBank
 from feclip.condition.gates import make_gate
-from feclip.data.hdmap import read_tiff
+from feclip.data.hdmap import list_tiffs, read_tiff
 from feclip.data.transforms import HDMAPInput
 from feclip.errors import FeclipError
 from feclip.evaluation import calibration, plots
@@ -133,10 +133,12 @@ def load_predictor(directory: str | Path, device: torch.device) -> Predictor:
 
 
 def list_inputs(pattern: str) -> list[Path]:
-    """TIFF files (.tif/.tiff, any case) of a folder (sorted) or of a glob; none found is an error."""
+    """TIFF entries (.tif/.tiff, any case) of a folder (sorted; the other entries named in one note) or the
+    matches of a glob; none found is an error. An entry that cannot be read (a dangling symlink) stays
+    listed: its row in predictions.csv says why it was not scored."""
     path = Path(pattern)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
+        files = list_tiffs(path)
     else:
         files = sorted(Path(p) for p in glob.glob(pattern))
     if not files:
