@@ -299,7 +299,13 @@ def data_hash(data: HDMAPData) -> str:
 
 
 def split_validation(train: HDMAPData, fraction: float, seed: int) -> tuple[HDMAPData, HDMAPData]:
-    """(fit, val): a seeded slice of train normals, never trained on, for thresholds and calibration."""
+    """(fit, val): a seeded slice of train normals (at least one), never trained on, for thresholds and
+    calibration; a fraction that leaves no image to fit on is a one-line error."""
     order = np.random.default_rng(seed).permutation(len(train))
     n_val = max(1, round(fraction * len(train)))
+    if n_val >= len(train):
+        raise HDMAPError(
+            f"data.val_fraction={fraction} holds out {n_val} of the {len(train)} train/good images, leaving "
+            f"none to train on; expected at most {(len(train) - 1) / len(train):.3g} for {len(train)} images"
+        )
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))

@@ -83,12 +83,13 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     split, allow_integer = cold_warm_split(cfg), cfg.data.allow_integer
     data = load_domain(root, cfg.domain.name, cold_warm_split=split, allow_integer=allow_integer)
     log_dataset(cfg, record, data, root)
-    method = build_method(cfg).to(rt.device)
-    record.set_tags(method.tags())
-    to_input = hdmap_input(cfg, method)
     fit, val = split_validation(
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
     )
+    AUX_SOURCES.get_entry(cfg.aux.source).check(cfg, len(fit))  # something to train on, before the model
+    method = build_method(cfg).to(rt.device)
+    record.set_tags(method.tags())
+    to_input = hdmap_input(cfg, method)
     test = data.subset((data.meta["split"] == "test").to_numpy())
     fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, record=record)
     refs = aware.build(cfg, method, fit, test, to_input, rt)
