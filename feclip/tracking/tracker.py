@@ -78,14 +78,22 @@ def client_for(uri: str):
     return MlflowClient(uri)
 
 
+def folder_name(name: str) -> str:
+    """`name` (from the config) as one folder name that stays inside its parent: every character but
+    letters, digits, `_ - .` and space becomes `_` (`/` and `\\` included, so `../x` and `/abs` cannot lead
+    out), and a name of dots only (`.`, `..`) becomes underscores."""
+    safe = re.sub(r"[^\w\-. ]", "_", str(name))
+    return safe if safe.strip(".") else "_" * max(1, len(safe))
+
+
 def artifact_location(uri: str, name: str) -> str | None:
-    """Where a new experiment keeps its artifacts: `mlartifacts/<name>` beside a sqlite store (never the
-    job's working directory, which `hydra.job.chdir=true` makes the job folder); the server's choice for
-    other stores."""
+    """Where a new experiment keeps its artifacts: `mlartifacts/<name as one folder name>` beside a sqlite
+    store (never the job's working directory, which `hydra.job.chdir=true` makes the job folder); the
+    server's choice for other stores."""
     path = sqlite_path(uri)
     if not path:
         return None
-    return (Path(path).expanduser().resolve().parent / "mlartifacts" / param_key(name)).as_uri()
+    return (Path(path).expanduser().resolve().parent / "mlartifacts" / folder_name(name)).as_uri()
 
 
 def experiment_id(client, name: str, create: bool = True) -> str | None:
