@@ -20,7 +20,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from feclip.tracking.uris import TrackingError, fast_http, http_reason, one_line, sqlite_path
+from feclip.tracking.uris import (
+    StoreError,
+    TrackingError,
+    bounded_call,
+    http_reason,
+    one_line,
+    sqlite_path,
+)
 
 TRUNCATION_MARKER = "...[truncated]"
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -109,10 +116,8 @@ def experiment_id(client, name: str, create: bool = True) -> str | None:
             )
         except Exception as error:  # usually: another job created it in between
             experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise TrackingError(
-                    f"cannot create MLflow experiment {name!r}: {one_line(error, 200)}"
-                ) from None
+            if experiment is None:  # the store refused it (disk full, locked)
+                raise StoreError(f"cannot create MLflow experiment {name!r}: {http_reason(error)}") from None
     if experiment is None:
         return None
     if experiment.lifecycle_stage != "active":
@@ -132,8 +137,9 @@ class Tracker:
 
     Tracking never costs a job its results: every call to the store has a short timeout (`timeout_s`, no
     mlflow retry loop) and failed calls are retried with backoff within one budget for the whole run
-    (`budget_s`). Once the budget is spent the tracker stops calling the store and `lost` says why; the job
-    goes on (its folder holds everything, `python -m feclip.tracking sync` logs it afterwards).
+    (`budget_s`; a call never waits past what is left of it, a locked sqlite store included). Once the
+    budget is spent the tracker stops calling the store and `lost` says why; the job goes on (its folder
+    holds everything, `python -m feclip.tracking sync` logs it afterwards).
     """
 
     def __init__(
@@ -170,11 +176,11 @@ class Tracker:
         while True:
             start = time.monotonic()
             try:
-                with fast_http(max(1, round(self.timeout_s))):
+                with bounded_call(max(0.1, min(self.timeout_s, self.budget_s - self._spent))):
                     return fn(*args, **kwargs)
-            except TrackingError:
-                raise
             except Exception as error:  # whatever the store raises: the job must go on
+                if isinstance(error, TrackingError) and not isinstance(error, StoreError):
+                    raise  # a usage error (a non-numeric metric, a deleted experiment)
                 self._spent += time.monotonic() - start
                 if self._spent + delay > self.budget_s:
                     self.lost = f"{what} failed ({http_reason(error)}) after {self._spent:.0f} s of retries"
