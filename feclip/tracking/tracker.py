@@ -282,6 +282,23 @@ class Tracker:
             raise TrackingError("Tracker methods need an open run: use `with Tracker(...) as tracker:`")
         return self.enabled and self._run_id is not None and self.lost is None
 
+    def end_stale_run(self, run_id: str, status: str, reason: str) -> None:
+        """End another run of this store that is still RUNNING (an earlier attempt of the same job, whose
+        process died) with `status` and the tag `failure_reason`; a run this store lacks is left alone."""
+        if self._open():
+            self._call("ending a stale run", self._end_if_running, run_id, status, reason)
+
+    def _end_if_running(self, run_id: str, status: str, reason: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException:  # tracked in another store: `python -m feclip.tracking sync` closes it there
+            return
+        if run.info.status == "RUNNING":
+            self._client.set_tag(run_id, "failure_reason", truncate(reason, MAX_TAG_LENGTH))
+            self._client.set_terminated(run_id, status)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log `params` (nested dicts/lists flattened to dotted keys; values over 6000 chars truncated with
         `...[truncated]`) in batches."""
