@@ -36,6 +36,7 @@ from feclip.data.hdmap import list_tiffs, read_tiff
 from feclip.data.transforms import HDMAPInput
 from feclip.errors import FeclipError
 from feclip.evaluation import calibration, plots
+from feclip.files import atomic_folder
 from feclip.methods.base import Method
 from feclip.methods.registry import METHODS
 from feclip.progress import progress
@@ -64,23 +65,25 @@ class Predictor:
 def save_predictor(
     directory: Path, method: Method, to_input: HDMAPInput, record: dict, references, image_shape
 ) -> None:
-    """Write the method's checkpoint, then what `load_predictor` needs beside it."""
-    method.save(directory)
-    content = {
-        "method": method.name,
-        "input": to_input.spec(),
-        "calibration": record,
-        "image_shape": list(image_shape),
-        "references": None,
-        "gate": None,
-    }
-    if references is not None:
-        content["references"] = {"bank": references.scorer.bank.settings(), "state": references.state}
-        content["gate"] = references.deployable.state()
-        save_file(references.scorer.bank.tensors(), directory / REFERENCES_FILE)
-    (directory / PREDICTOR_FILE).write_text(json.dumps(content, indent=2))
-    manifest = {path.name: sha256(path) for path in sorted(directory.iterdir()) if path.name != MANIFEST_FILE}
-    (directory / MANIFEST_FILE).write_text(json.dumps({"sha256": manifest}, indent=2))
+    """Write the method's checkpoint, then what `load_predictor` needs beside it; the folder appears whole
+    or not at all (a full disk or a kill leaves no partial checkpoint)."""
+    with atomic_folder(directory) as tmp:
+        method.save(tmp)
+        content = {
+            "method": method.name,
+            "input": to_input.spec(),
+            "calibration": record,
+            "image_shape": list(image_shape),
+            "references": None,
+            "gate": None,
+        }
+        if references is not None:
+            content["references"] = {"bank": references.scorer.bank.settings(), "state": references.state}
+            content["gate"] = references.deployable.state()
+            save_file(references.scorer.bank.tensors(), tmp / REFERENCES_FILE)
+        (tmp / PREDICTOR_FILE).write_text(json.dumps(content, indent=2))
+        manifest = {path.name: sha256(path) for path in sorted(tmp.iterdir()) if path.name != MANIFEST_FILE}
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"sha256": manifest}, indent=2))
 
 
 def sha256(path: Path) -> str:

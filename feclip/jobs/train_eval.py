@@ -176,5 +176,4 @@ def save_model(
         cfg.eval.calibration.operating_point,
         context,
     )
-    directory.mkdir(parents=True, exist_ok=True)
     save_predictor(directory, method, to_input, record, refs, tuple(val.images.shape[-2:]))
