@@ -1,7 +1,8 @@
 """Files and folders that a later step or run reads, written so that no reader ever sees half of one: written
 under a temporary name beside the target, then renamed onto it (atomic within one file system). A kill, a
 full disk or an error leaves the previous version (or nothing) and no temporary; the `OSError` names the
-target. Output folders are checked before the work (`writable_folder`).
+target. Output folders are checked before the work (`writable_folder`). Input folders are listed by `listed`,
+which names what it skips.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from feclip.errors import FeclipError
+from feclip.errors import FeclipError, note
 
 RUST_OS_CODE = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")  # an OS error in a Rust library
 
@@ -113,3 +114,16 @@ def writable_folder(path: str | Path, key: str) -> Path:
             f"{key}={str(path)!r} cannot hold files ({what}); expected a writable folder"
         ) from None
     return path
+
+
+def listed(folder: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The entries of `folder` whose suffix (any case) is one of `suffixes`, sorted. Every other entry (a
+    subfolder, a notes file) is named in one note, never dropped silently; an entry with the suffix that is
+    no readable file (a dangling link) is listed, for the caller to refuse or report."""
+    entries = sorted(Path(folder).iterdir())
+    kept = [p for p in entries if p.suffix.lower() in suffixes]
+    others = [f"{p.name}/" if p.is_dir() else p.name for p in entries if p not in kept]
+    if others:
+        shown = ", ".join(others[:5]) + (f", ... ({len(others) - 5} more)" if len(others) > 5 else "")
+        note(f"{folder}: skipped {len(others)} entries that are not {'/'.join(suffixes)} files: {shown}")
+    return kept

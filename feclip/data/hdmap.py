@@ -23,7 +23,8 @@ import pandas as pd
 import tifffile
 import torch
 
-from feclip.errors import FeclipError, note
+from feclip.errors import FeclipError
+from feclip.files import listed
 from feclip.registry import Registry
 
 
@@ -125,15 +126,8 @@ def read_tiff(path: str | Path, *, allow_integer: bool = False) -> np.ndarray:
 
 
 def list_tiffs(folder: Path) -> list[Path]:
-    """The entries of `folder` named *.tif / *.tiff (any case), sorted. Every other entry (a subfolder, a
-    notes file) is named in one note, never dropped silently."""
-    entries = sorted(Path(folder).iterdir())
-    tiffs = [p for p in entries if p.suffix.lower() in TIFF_SUFFIXES]
-    others = [f"{p.name}/" if p.is_dir() else p.name for p in entries if p not in tiffs]
-    if others:
-        shown = ", ".join(others[:5]) + (f", ... ({len(others) - 5} more)" if len(others) > 5 else "")
-        note(f"{folder}: skipped {len(others)} entries that are not .tif/.tiff files: {shown}")
-    return tiffs
+    """The *.tif / *.tiff entries of `folder` (any case), sorted; the others named in one note (`listed`)."""
+    return listed(folder, TIFF_SUFFIXES)
 
 
 def _files(folder: Path) -> list[Path]:
