@@ -3,11 +3,12 @@
 python run.py                                   # one job on the embedded default
 python run.py -m domain=A,B,C,D freq=dct,fft    # a sweep: one MLflow run per job under one parent run
 
-A bad input stops a single job with one line (exit 2). In a sweep a failing job is marked FAILED (its folder
-and run say why) and the sweep goes on; the process exits 1 when any job failed or never started.
+A bad input stops a single job with one line (exit 2; 3 for a path the system refuses: disk full, not
+writable); SIGINT / SIGTERM end it KILLED with one line (exit 130 / 143): `feclip.cli`. In a sweep a failing
+job is marked FAILED (its folder and run say why) and the sweep goes on; the process exits 1 when any job
+failed or never started.
 """
 
-import sys
 import traceback
 
 import hydra
@@ -15,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from feclip.errors import FeclipError
+from feclip import cli
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -27,19 +28,25 @@ def entry(cfg: DictConfig) -> float | None:
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return main(cfg)
-    except FeclipError as error:
-        print(f"feclip: error: {error}", file=sys.stderr)
-        if not sweep:
-            raise SystemExit(2) from None
-    except Exception:
-        if not sweep:
-            raise
-        traceback.print_exc()  # a bug in one job: the others still run
+    except Exception as error:
+        code = cli.report(error, "feclip")
+        if code is None and not sweep:
+            raise  # a bug: its traceback
+        if code is None:
+            traceback.print_exc()  # a bug in one job: the others still run
+        elif not sweep:
+            raise SystemExit(code) from None
     return None
 
 
-if __name__ == "__main__":
+def run() -> int:
     entry()
     from feclip.tracking.sweep import sweep_exit_code
 
-    raise SystemExit(sweep_exit_code())
+    return sweep_exit_code()
+
+
+STOPPED = "what was written is whole; a started job's run.json says KILLED"
+
+if __name__ == "__main__":
+    raise SystemExit(cli.guard(run, "feclip", stopped=STOPPED))

@@ -7,12 +7,14 @@ and the device kind. For FE-CLIP that is the tokens entering the first tap block
 run only the rest. Modes (`train.token_cache`): `off` (full forward every time), `memory` (computed once per
 run), `disk` (stored under `cache_dir`, shared by the jobs of a sweep; any changed input gives a new key).
 
-A disk entry is `<key>.npy` (the features, written chunk by chunk into a memory map, never concatenated in
-RAM, and memory-mapped on read) plus `<key>.json` (what it holds, written last: an entry without it is
-incomplete). Features are stored in `train.cache_dtype` (`auto`: float32, as computed; bf16 halves the disk
-and RAM, only where the features feed the backbone again: `storage_dtype`). An unreadable or truncated
-entry is reported in one line and recomputed. `train.cache_max_gb` caps the folder (`auto`: its size plus
-half the free disk): the least recently used entries are removed
+A disk entry is `<key>.npy` (the features, written chunk by chunk into a memory map under a temporary name,
+never concatenated in RAM, and memory-mapped on read) plus `<key>.json` (what it holds and the sha256 of the
+`.npy`, written last and atomically: an entry without it is incomplete). Every read checks the sha256, so an
+entry changed after it was written (other bytes of the same size included) is never used. Features are
+stored in `train.cache_dtype` (`auto`: float32, as computed; bf16 halves the disk and RAM, only where the
+features feed the backbone again: `storage_dtype`). An unreadable, truncated or changed entry is reported
+in one line and recomputed. `train.cache_max_gb` caps the folder (`auto`: its size plus half the free
+disk): the least recently used entries are removed
 first. List or clear the cache with
 
     python -m feclip.cache --list [--dir data/cache]
@@ -26,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from feclip.cli import guard
 from feclip.data.sets import ImageSet
-from feclip.errors import FeclipError
+from feclip.errors import FeclipError, note
+from feclip.files import write_text
 from feclip.precision import OPERATIONS
 from feclip.progress import progress
 from feclip.registry import choices
@@ -128,7 +131,17 @@ def _write(method, images: ImageSet, rt: Runtime, path: Path, dtype: str) -> Non
         tmp.unlink(missing_ok=True)
 
 
+def sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def _read(path: Path, meta: dict) -> Frozen:
+    """The entry's features, after checking its sha256 against the one written with it (ValueError)."""
+    if "sha256" not in meta:
+        raise ValueError("no sha256 (written by an older feclip)")
+    if sha256(path) != meta["sha256"]:
+        raise ValueError("its content does not match the sha256 written with it (changed on disk)")
     array = np.load(path, mmap_mode="c")  # copy-on-write map: no RAM until rows are used
     if list(array.shape) != meta["shape"]:
         raise ValueError(f"shape {list(array.shape)}, expected {meta['shape']}")
@@ -157,7 +170,7 @@ def frozen_features(method, images: ImageSet, rt: Runtime) -> Frozen | None:
             os.utime(meta_path)  # last use, for the size cap
             return frozen
         except (OSError, ValueError, KeyError) as error:
-            print(f"feclip: cache entry {path} is unreadable ({error}); recomputing it", file=sys.stderr)
+            note(f"cache entry {path} is unreadable ({error}); recomputing it")
             meta_path.unlink(missing_ok=True)
     _write(method, images, rt, path, stored)
     meta = {
@@ -167,8 +180,9 @@ def frozen_features(method, images: ImageSet, rt: Runtime) -> Frozen | None:
         "method": method.name,
         "images": len(images),
         "created": time.time(),
+        "sha256": sha256(path),
     }
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_text(meta_path, json.dumps(meta, indent=2))
     cap_gb = resolve_cap(rt.cache_max_gb, folder)
     if cap_gb is not None:
         evict(folder, max_bytes=int(cap_gb * 2**30), keep=key)
@@ -233,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         "--older-than", type=float, default=None, metavar="DAYS", help="with --clear: unused for DAYS"
     )
     args = parser.parse_args(argv)
+    return guard(lambda: _list_or_clear(args), "feclip.cache")
+
+
+def _list_or_clear(args: argparse.Namespace) -> int:
+    if args.dir.exists() and not args.dir.is_dir():
+        raise CacheError(f"--dir {args.dir} is a file; expected the cache folder (config cache_dir)")
     records = entries(args.dir) if args.dir.is_dir() else []
     if args.list:
         for r in records:

@@ -74,6 +74,10 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -89,7 +93,7 @@ def _taps(value: Any) -> bool:
 
 
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: isinstance(v, int), "an integer"),
+    "seed": (lambda v: _integer(v) and 0 <= v < 2**32, "an integer in [0, 2**32 - 1] (numpy's seed range)"),
     "backbone.input_size": (_window, "[height, width] of positive integers"),
     "model.taps": (_taps, f"one of {', '.join(TAP_PRESETS)} or a list of block indices"),
     "model.n_taps": (_positive_int, "a positive integer"),
@@ -110,6 +114,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "fewshot.k": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "train.fc_lr_mult": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "train.weight_cls": (lambda v: _number(v) and v >= 0, "a loss weight >= 0"),
+    "train.weight_mask": (lambda v: _number(v) and v >= 0, "a loss weight >= 0"),
     "data.cold_warm_split": (_positive_int, "a positive integer (test file index < split is cold) or null"),
     "predict.batch_size": (_positive_int, "a positive integer"),
     "aux.max_normals": (_positive_int, "a positive integer or null (all)"),
@@ -153,6 +159,7 @@ def validate(cfg: DictConfig) -> None:
         )
     _check_calibration(cfg)
     _check_split(cfg)
+    _check_loss_weights(cfg)
     METHODS.get_entry(cfg.method.name).validate(cfg)
     if cfg.mode == "predict" and not cfg.model.checkpoint:
         raise ConfigError("mode=predict needs model.checkpoint=<checkpoint directory>")
@@ -204,6 +211,18 @@ def _check_split(cfg: DictConfig) -> None:
             f"fewshot.k={cfg.fewshot.k} is not allowed with eval.split.refs_per_condition="
             f"{split.refs_per_condition}; expected k <= refs_per_condition (banks come from the refs part), "
             "k < refs_per_condition with eval.threshold.source=refs (its normals: the refs not in a bank)"
+        )
+
+
+def _check_loss_weights(cfg: DictConfig) -> None:
+    """Training needs a loss: train.weight_cls and train.weight_mask (each >= 0) cannot both be 0."""
+    train = OmegaConf.select(cfg, "train", default=None)
+    if train is None or not train.get("epochs") or "weight_cls" not in train:
+        return
+    if train.weight_cls == 0 and train.weight_mask == 0:
+        raise ConfigError(
+            f"train.weight_cls=0 and train.weight_mask=0 leave no loss to train {train.epochs} epochs on; "
+            "expected a positive weight (or train.epochs=0)"
         )
 
 

@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from feclip import tracking
+from feclip.cli import guard
+from feclip.files import writable_folder
 from feclip.tracking.report import build_report
 
 
@@ -32,20 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        parent = args.parent_run_id
-        if args.sweep_dir:
-            parent = tracking.parent_run_id_for_sweep(args.sweep_dir)
-            if parent is None:
-                raise tracking.TrackingError(
-                    f"{args.sweep_dir} has no {tracking.PARENT_FILE}; was tracking on?"
-                )
-        path = build_report(
-            tracking.resolve_tracking_uri(args.uri), args.experiment, args.metrics, args.out, parent
-        )
-    except ValueError as error:
-        print(f"report: error: {error}", file=sys.stderr)
-        return 2
+    return guard(lambda: report(args), "report", stopped=f"{args.out} may hold an older report")
+
+
+def report(args: argparse.Namespace) -> int:
+    parent = args.parent_run_id
+    if args.sweep_dir:
+        parent = tracking.parent_run_id_for_sweep(args.sweep_dir)
+        if parent is None:
+            raise tracking.TrackingError(f"{args.sweep_dir} has no {tracking.PARENT_FILE}; was tracking on?")
+    writable_folder(args.out, "--out")
+    path = build_report(
+        tracking.resolve_tracking_uri(args.uri), args.experiment, args.metrics, args.out, parent
+    )
     print(path)
     return 0
 

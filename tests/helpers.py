@@ -1,12 +1,16 @@
-"""Shared test helpers: compose the project's Hydra config, overrides for a tiny synthetic HDMAP set."""
+"""Shared test helpers: compose the project's Hydra config, overrides for a tiny synthetic HDMAP set, real
+faults of the file system (a full disk, an immutable folder)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -73,3 +77,29 @@ def run_cli(args: list[str], tmp: Path, check: bool = True) -> subprocess.Comple
     if check and result.returncode != 0:
         raise AssertionError(f"run.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+@contextlib.contextmanager
+def full_disk(path: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` (a real disk that fills up); skips where mounting is refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    mounted = subprocess.run(command, capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): no real full disk")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[Path]:
+    """`path` made immutable with `chattr +i` (unwritable even for root); skips where chattr is refused."""
+    changed = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    if changed.returncode != 0:
+        pytest.skip(f"chattr +i is refused here ({changed.stderr.decode().strip()}): no unwritable folder")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False)

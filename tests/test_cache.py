@@ -130,3 +130,34 @@ def test_the_auto_cap_is_what_the_folder_holds_plus_half_the_free_disk(tmp_path)
     (folder / "entry.npy").write_bytes(b"0" * 2**20)
     assert abs(resolve_cap("auto", folder) - (2**20 + 0.5 * shutil.disk_usage(tmp_path).free) / 2**30) < 0.01
     assert resolve_cap(3.0, folder) == 3.0 and resolve_cap(None, folder) is None
+
+
+def test_an_entry_overwritten_with_other_bytes_of_the_same_size_is_recomputed(tmp_path, capsys):
+    """Used to be read without a word: every entry now carries the sha256 of its .npy."""
+    method, data = _method(), hdmap_set(6)
+    rt = Runtime(torch.device("cpu"), batch_size=4, cache="disk", cache_dir=tmp_path)
+    stored = frozen_features(method, data, rt).features.clone()
+    (entry,) = entries(tmp_path)
+    meta = json.loads(entry["path"].with_suffix(".json").read_text())
+    assert len(meta["sha256"]) == 64
+    size = entry["path"].stat().st_size
+    with entry["path"].open("r+b") as handle:  # the header stays valid: only feature bytes change
+        handle.seek(size - 64)
+        handle.write(bytes(64))
+    assert entry["path"].stat().st_size == size
+    again = frozen_features(method, data, rt)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("feclip: ")]
+    assert notes == [
+        f"feclip: note: cache entry {entry['path']} is unreadable (its content does not match the sha256 "
+        "written with it (changed on disk)); recomputing it"
+    ]
+    assert torch.equal(again.features, stored)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["--list", "--dir", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == (
+        f"feclip.cache: error: --dir {tmp_path / 'file'} is a file; "
+        "expected the cache folder (config cache_dir)\n"
+    )

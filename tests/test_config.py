@@ -111,3 +111,36 @@ def test_typo_in_a_key_or_an_option_fails_at_composition():
         _compose(["model.lamda=0.2"])
     with pytest.raises(ConfigCompositionException, match="fftt"):
         _compose(["freq=fftt"])
+
+
+@pytest.mark.parametrize("method", ["feclip", "winclip"])
+@pytest.mark.parametrize(
+    "size, unseen", [("[31,192]", "the last 15 rows"), ("[33,33]", "the last 1 rows and 1 columns")]
+)
+def test_input_sizes_that_leave_pixels_unseen_are_refused(method, size, unseen):
+    """The backbone's stem floors the patch grid: rows or columns past the last whole patch would be
+    dropped without a word, so such a size is refused before any work, naming sizes that fit."""
+    cfg = _compose([f"method={method}", f"backbone.input_size={size}"])
+    with pytest.raises(FeclipError, match=f"backbone.input_size=.*{unseen} would never be seen") as error:
+        validate(cfg)
+    assert "expected multiples of the patch size, e.g. [32, " in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("seed=-1", r"seed=-1 is not allowed; expected an integer in \[0, 2\*\*32 - 1\]"),
+        ("seed=4294967296", "seed=4294967296 is not allowed"),
+        ("train.weight_cls=-5", "train.weight_cls=-5 is not allowed; expected a loss weight >= 0"),
+        ("train.weight_mask=-0.5", "train.weight_mask=-0.5 is not allowed"),
+        ("train.weight_cls=0 train.weight_mask=0", "leave no loss to train 9 epochs on"),
+    ],
+)
+def test_seeds_numpy_refuses_and_negative_or_no_loss_weights_are_refused(overrides, message):
+    """seed=-1 used to end in numpy's traceback; weight_cls=-5 trained silently with a negated loss."""
+    with pytest.raises(ConfigError, match=message):
+        validate(_compose(overrides.split()))
+
+
+def test_zero_loss_weights_are_fine_without_training():
+    validate(_compose(["train.weight_cls=0", "train.weight_mask=0", "train.epochs=0"]))

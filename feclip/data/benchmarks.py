@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from feclip.errors import FeclipError
+from feclip.files import listed
 from feclip.registry import Registry, choices
 
 MVTEC_CATEGORIES = (
@@ -157,7 +158,15 @@ def _present(name: str, root: Path, categories, folder: str) -> list[str]:
 
 
 def _files(folder: Path, suffixes: tuple[str, ...], name: str) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    """The images of one benchmark folder; other entries are named in one note, a dangling image link is an
+    error."""
+    files = listed(folder, suffixes)
+    broken = [p for p in files if not p.is_file()]
+    if broken:
+        raise BenchmarkError(
+            f"{broken[0]}: not a readable file (a dangling link?; {len(broken)} such entries in {folder}); "
+            "expected every image entry to be a file: fix or remove them"
+        )
     if not files:
         raise BenchmarkError(
             f"no {'/'.join(suffixes)} images in {folder}; expected {BENCHMARKS[name].layout}"

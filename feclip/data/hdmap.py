@@ -10,6 +10,7 @@ Every bad input is a one-line `HDMAPError` naming the file or folder and what wa
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import tifffile
 import torch
 
 from feclip.errors import FeclipError
+from feclip.files import listed
 from feclip.registry import Registry
 
 
@@ -94,7 +96,8 @@ class HDMAPData:
 
 def read_tiff(path: str | Path, *, allow_integer: bool = False) -> np.ndarray:
     """One HDMAP map (H, W) float32 as stored; unreadable, non-2-D or non-finite files are errors, and so are
-    integer TIFFs (HDMAP maps are float32: an integer file is in other units) unless `allow_integer`."""
+    integer TIFFs (HDMAP maps are float32: an integer file is in other units) unless `allow_integer`, and
+    float64 values beyond float32's range (they would become inf)."""
     try:
         image = tifffile.imread(path)
     except Exception as error:  # tifffile raises many types for corrupt files
@@ -111,20 +114,38 @@ def read_tiff(path: str | Path, *, allow_integer: bool = False) -> np.ndarray:
     bad = int((~np.isfinite(image)).sum())
     if bad:
         raise HDMAPError(f"{path}: {bad} non-finite pixel values (NaN/inf); expected finite floats")
-    return image.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # reported below, with the file and the value
+        converted = image.astype(np.float32, copy=False)
+    if not np.isfinite(converted).all():
+        row, col = np.argwhere(~np.isfinite(converted))[0]
+        raise HDMAPError(
+            f"{path}: {image.dtype} value {image[row, col]:.6g} at (row {row}, column {col}) is beyond "
+            f"float32's range (|x| <= {np.finfo(np.float32).max:.4g}); expected HDMAP values in scaled units"
+        )
+    return converted
 
 
-def is_tiff(path: Path) -> bool:
-    """A .tif / .tiff file, the suffix in any case (.TIFF too)."""
-    return path.is_file() and path.suffix.lower() in TIFF_SUFFIXES
+def list_tiffs(folder: Path) -> list[Path]:
+    """The *.tif / *.tiff entries of `folder` (any case), sorted; the others named in one note (`listed`)."""
+    return listed(folder, TIFF_SUFFIXES)
 
 
 def _files(folder: Path) -> list[Path]:
+    """The HDMAP TIFFs of one class folder in file-index order; every TIFF entry must be a readable file (a
+    dangling symlink is an error, not a skipped image)."""
     if not folder.is_dir():
         raise HDMAPError(f"missing folder {folder}: expected NNNNNN.tiff files there")
-    files = sorted(p for p in folder.iterdir() if is_tiff(p))
+    files = list_tiffs(folder)
     if not files:
         raise HDMAPError(f"empty folder {folder}: expected NNNNNN.tiff files")
+    broken = [p for p in files if not p.is_file()]
+    if broken:
+        first = broken[0]
+        what = f"a symlink to {os.readlink(first)}, which is missing" if first.is_symlink() else "not a file"
+        raise HDMAPError(
+            f"{first}: {what} ({len(broken)} such entries in {folder}); expected every TIFF entry to be a "
+            "readable file: fix or remove them"
+        )
     for path in files:
         if not NAME.fullmatch(path.stem):
             raise HDMAPError(f"{path}: file name is not a 6-digit index (expected e.g. 000042.tiff)")
@@ -272,7 +293,13 @@ def data_hash(data: HDMAPData) -> str:
 
 
 def split_validation(train: HDMAPData, fraction: float, seed: int) -> tuple[HDMAPData, HDMAPData]:
-    """(fit, val): a seeded slice of train normals, never trained on, for thresholds and calibration."""
+    """(fit, val): a seeded slice of train normals (at least one), never trained on, for thresholds and
+    calibration; a fraction that leaves no image to fit on is a one-line error."""
     order = np.random.default_rng(seed).permutation(len(train))
     n_val = max(1, round(fraction * len(train)))
+    if n_val >= len(train):
+        raise HDMAPError(
+            f"data.val_fraction={fraction} holds out {n_val} of the {len(train)} train/good images, leaving "
+            f"none to train on; expected at most {(len(train) - 1) / len(train):.3g} for {len(train)} images"
+        )
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))

@@ -25,6 +25,7 @@ from feclip.data.faults import BandFaultConfig, inject_band_faults
 from feclip.data.hdmap import DOMAINS, HDMAPData, load_domain
 from feclip.data.sets import ImageSet, labelled_set
 from feclip.data.transforms import RGBInput
+from feclip.errors import FeclipError
 from feclip.registry import Registry
 
 
@@ -46,23 +47,41 @@ class SourceContext:
 class Source:
     """A training source: `build(cfg, ctx) -> ImageSet | None`; `needs_hdmap`: it reads the HDMAP domain
     (so a paper-benchmark job, which has none, cannot use it); `tags(cfg)`: run tags that say what the run
-    was trained on (e.g. in-distribution synthetic faults)."""
+    was trained on (e.g. in-distribution synthetic faults); `check(cfg, n_fit)`: a one-line error, before any
+expensive step, when the job's `n_fit` normals would give the source nothing to train on."""
 
     build: Callable[[DictConfig, SourceContext], ImageSet | None]
     needs_hdmap: bool
     tags: Callable[[DictConfig], dict[str, str]] = lambda cfg: {}
+    check: Callable[[DictConfig, int], object] = lambda cfg, n_fit: None  # (cfg, fit normals): one-line error
 
 
 AUX_SOURCES: Registry[Source] = Registry("auxiliary training source", key="aux.source")
+
+
+class SourceError(FeclipError):
+    """A training source would have nothing to train on; the message names the config keys."""
+
+
+def fault_count(cfg: DictConfig, n_fit: int) -> int:
+    """Faulty copies `synthetic_faults` makes from `n_fit` normals (capped at aux.max_normals): at least one,
+    else a one-line SourceError."""
+    n_normals = min(n_fit, cfg.aux.max_normals or n_fit)
+    count = round(cfg.aux.faults_per_normal * n_normals)
+    if count < 1:
+        raise SourceError(
+            f"aux.faults_per_normal={cfg.aux.faults_per_normal} gives round({cfg.aux.faults_per_normal} x "
+            f"{n_normals} normals) = 0 faulty training images; expected at least 1 "
+            f"(aux.faults_per_normal >= {0.5 / max(n_normals, 1):.3g})"
+        )
+    return count
 
 
 def synthetic_faults(cfg: DictConfig, ctx: SourceContext) -> ImageSet:
     """Clean fit normals (capped at aux.max_normals) + faults_per_normal x as many faulty copies."""
     normals = ctx.fit.images[: cfg.aux.max_normals] if cfg.aux.max_normals else ctx.fit.images
     generator = torch.Generator().manual_seed(cfg.seed)
-    picks = torch.randint(
-        len(normals), (round(cfg.aux.faults_per_normal * len(normals)),), generator=generator
-    )
+    picks = torch.randint(len(normals), (fault_count(cfg, len(ctx.fit)),), generator=generator)
     fault_cfg = BandFaultConfig(**OmegaConf.to_container(cfg.aux.fault))
     faulty, fault_masks = inject_band_faults(normals[picks], fault_cfg, generator)
     masks = torch.cat([torch.zeros(normals.shape, dtype=torch.uint8), fault_masks])
@@ -114,7 +133,9 @@ def no_training(cfg: DictConfig, ctx: SourceContext) -> None:
     return None
 
 
-AUX_SOURCES.register("synthetic_faults", Source(synthetic_faults, needs_hdmap=True, tags=synthetic_fault_tags))
+AUX_SOURCES.register(
+    "synthetic_faults", Source(synthetic_faults, needs_hdmap=True, tags=synthetic_fault_tags, check=fault_count)
+)
 AUX_SOURCES.register("hdmap_other_domains", Source(hdmap_other_domains, needs_hdmap=True))
 AUX_SOURCES.register("none", Source(no_training, needs_hdmap=False))
 AUX_SOURCES.register("mvtec", Source(benchmark_test_split, needs_hdmap=False))

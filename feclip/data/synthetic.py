@@ -3,7 +3,8 @@
 Writes the real layout `<out>/domain_X/{train/good,test/good,test/fault}/NNNNNN.tiff` (float32 (31, 95), never
 clipped; test files 0 .. n_test//2 - 1 cold, the rest warm), uint8 {0, 1} pixel masks of every fault in
 `<out>/domain_X/ground_truth/fault/NNNNNN.tiff` (what they cover: option `mask`), the sidecar
-`<out>/synthetic_meta.csv` and the marker `<out>/synthetic_params.json` holding the generation parameters.
+`<out>/synthetic_meta.csv` and the marker `<out>/synthetic_params.json` holding the generation parameters
+(written last; `<out>/.generating.json` marks a generation in progress, so an interrupted one is redone).
 
 Image model (5.2, VERSION 2): a per-image log-texture field L (fixed per domain and condition: column
 fingerprint COL, row profile ROW, mesh lattice LAT; per image: smooth field SM, white noise N), rendered as
@@ -73,11 +74,14 @@ from feclip.data.faults import (
     standardize,
 )
 from feclip.data.hdmap import COLD_WARM_SPLIT, DOMAINS, FOLDERS
-from feclip.errors import FeclipError
+from feclip.cli import guard
+from feclip.errors import FeclipError, note
+from feclip.files import write_text
 
 HEIGHT, WIDTH = 31, 95
 VERSION = 2  # bump when the image model changes (`ensure` refuses a folder of another version)
 MARKER = "synthetic_params.json"
+PARTIAL = ".generating.json"  # the marker of a generation in progress (or interrupted): redone, never used
 N_TEST_FOLDERS = ("test/good", "test/fault", "ground_truth/fault")  # folders holding n_test files each
 SIDECAR = "synthetic_meta.csv"
 SIDECAR_COLUMNS = (
@@ -585,23 +589,28 @@ def _marker(domains, n_train: int, n_test: int, seed: int, options: dict) -> dic
 
 
 def _clear(out: Path) -> None:
-    """Remove a previous synthetic set from `out`; refuse when `out` holds HDMAP folders without a marker."""
+    """Remove a previous synthetic set (complete or interrupted) from `out`; refuse when `out` holds HDMAP
+    folders without a marker of either kind."""
     domain_dirs = [out / f"domain_{d}" for d in DOMAINS if (out / f"domain_{d}").exists()]
-    if domain_dirs and not (out / MARKER).exists():
+    if domain_dirs and not (out / MARKER).exists() and not (out / PARTIAL).exists():
         raise SyntheticError(f"{out}: holds HDMAP domain folders but no {MARKER}; refusing to overwrite them")
     for path in domain_dirs:
         shutil.rmtree(path)
-    for name in (MARKER, SIDECAR):
+    for name in (MARKER, SIDECAR, PARTIAL):
         (out / name).unlink(missing_ok=True)
 
 
 def generate(
     out, domains=DOMAINS, n_train: int = 1000, n_test: int = 1000, seed: int = 0, **options
 ) -> pd.DataFrame:
-    """Write the synthetic set to `out` (replacing a previous one); returns the sidecar table."""
+    """Write the synthetic set to `out` (replacing a previous one); returns the sidecar table. `PARTIAL`
+    marks the folder while it is written and `MARKER` replaces it at the end, so an interrupted generation
+    is recognised (and redone) by the next `ensure` or `generate`."""
     out = Path(out)
     marker = _marker(domains, n_train, n_test, seed, options)
     _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / PARTIAL, json.dumps(marker, indent=2))
     metas = []
     for domain in tqdm(marker["domains"], desc=f"synthetic HDMAP -> {out}", unit="domain"):
         data = generate_domain(domain, n_train, n_test, seed, **options)
@@ -615,8 +624,9 @@ def generate(
             tifffile.imwrite(out / f"domain_{domain}/ground_truth/fault" / name, data.masks[row])
         metas.append(data.meta)
     meta = pd.concat(metas, ignore_index=True)
-    meta.to_csv(out / SIDECAR, index=False)
-    (out / MARKER).write_text(json.dumps(marker, indent=2))
+    write_text(out / SIDECAR, meta.to_csv(index=False))
+    write_text(out / MARKER, json.dumps(marker, indent=2))
+    (out / PARTIAL).unlink()
     return meta
 
 
@@ -678,12 +688,16 @@ def _locked(out: Path):
 def ensure(out, domains=DOMAINS, n_train: int = 1000, n_test: int = 1000, seed: int = 0, **options) -> Path:
     """`out` holding the synthetic set with these parameters.
 
-    Identical marker and every file present: nothing to do. No marker (absent or empty folder) or identical
-    marker with files missing: generated. A marker with other parameters (or of another VERSION): refused,
+    Identical marker and every file present: nothing to do. No marker (absent or empty folder), an
+    interrupted generation (`PARTIAL`) or identical marker with files missing: generated. A marker with other parameters (or of another VERSION): refused,
     since regenerating in place would silently change the data of earlier runs on this folder."""
     out = Path(out)
     marker = _marker(domains, n_train, n_test, seed, options)
     with _locked(out):
+        if (out / PARTIAL).exists():
+            note(f"{out}: holds an interrupted generation ({PARTIAL}); generating it again")
+            generate(out, domains, n_train, n_test, seed, **options)
+            return out
         existing = _read_marker(out)
         if existing is not None and existing != marker:
             differences = "; ".join(marker_differences(existing, marker))
@@ -706,7 +720,7 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=allowed, default=default)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
@@ -715,12 +729,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-test", type=int, default=1000, help="images per test class; first half cold")
     add_option_arguments(parser)
     args = parser.parse_args(argv)
+    stopped = f"{args.out} is marked incomplete ({PARTIAL}): the next run generates it again"
+    return guard(lambda: _generate(args), "feclip.data.synthetic", stopped=stopped)
+
+
+def _generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     options = {name: getattr(args, name) for name in Options.__dataclass_fields__}
     meta = generate(args.out, args.domains, args.n_train, args.n_test, args.seed, **options)
     print(f"wrote {len(meta)} images of domains {''.join(args.domains)} to {args.out} "
           f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

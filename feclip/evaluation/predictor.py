@@ -33,10 +33,11 @@ from torch import nn
 from feclip.condition.aware import ReferenceScorer
 from feclip.condition.banks import ReferenceBank
 from feclip.condition.gates import make_gate
-from feclip.data.hdmap import read_tiff
+from feclip.data.hdmap import list_tiffs, read_tiff
 from feclip.data.transforms import HDMAPInput
 from feclip.errors import FeclipError
 from feclip.evaluation import calibration, plots
+from feclip.files import atomic_folder
 from feclip.methods.base import Method
 from feclip.methods.registry import METHODS
 from feclip.model.backbone import WEIGHT_SUFFIXES
@@ -75,24 +76,26 @@ def save_predictor(
     identity: dict,
 ) -> None:
     """Write the method's checkpoint, then what `load_predictor` needs beside it; `identity`: domain,
-    backbone, pretrained, random_init, precision and device of the run (`checkpoint_identity`)."""
-    method.save(directory)
-    content = {
-        "method": method.name,
-        "identity": {"method": method.name, **identity},
-        "input": to_input.spec(),
-        "calibration": record,
-        "image_shape": list(image_shape),
-        "references": None,
-        "gate": None,
-    }
-    if references is not None:
-        content["references"] = {"bank": references.scorer.bank.settings(), "state": references.state}
-        content["gate"] = references.deployable.state()
-        save_file(references.scorer.bank.tensors(), directory / REFERENCES_FILE)
-    (directory / PREDICTOR_FILE).write_text(json.dumps(content, indent=2))
-    manifest = {path.name: sha256(path) for path in sorted(directory.iterdir()) if path.name != MANIFEST_FILE}
-    (directory / MANIFEST_FILE).write_text(json.dumps({"sha256": manifest}, indent=2))
+    backbone, pretrained, random_init, precision and device of the run (`checkpoint_identity`). The folder
+    appears whole or not at all (a full disk or a kill leaves no partial checkpoint)."""
+    with atomic_folder(directory) as tmp:
+        method.save(tmp)
+        content = {
+            "method": method.name,
+            "identity": {"method": method.name, **identity},
+            "input": to_input.spec(),
+            "calibration": record,
+            "image_shape": list(image_shape),
+            "references": None,
+            "gate": None,
+        }
+        if references is not None:
+            content["references"] = {"bank": references.scorer.bank.settings(), "state": references.state}
+            content["gate"] = references.deployable.state()
+            save_file(references.scorer.bank.tensors(), tmp / REFERENCES_FILE)
+        (tmp / PREDICTOR_FILE).write_text(json.dumps(content, indent=2))
+        manifest = {path.name: sha256(path) for path in sorted(tmp.iterdir()) if path.name != MANIFEST_FILE}
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"sha256": manifest}, indent=2))
 
 
 def sha256(path: Path) -> str:
@@ -213,10 +216,12 @@ def load_predictor(directory: str | Path, device: torch.device, *, weights: str 
 
 
 def list_inputs(pattern: str) -> list[Path]:
-    """TIFF files (.tif/.tiff, any case) of a folder (sorted) or of a glob; none found is an error."""
+    """TIFF entries (.tif/.tiff, any case) of a folder (sorted; the other entries named in one note) or the
+    matches of a glob; none found is an error. An entry that cannot be read (a dangling symlink) stays
+    listed: its row in predictions.csv says why it was not scored."""
     path = Path(pattern)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff"))
+        files = list_tiffs(path)
     else:
         files = sorted(Path(p) for p in glob.glob(pattern))
     if not files:

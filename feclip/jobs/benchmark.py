@@ -20,6 +20,7 @@ from feclip.data.transforms import RGBInput
 from feclip.errors import FeclipError
 from feclip.evaluation.inference import predict
 from feclip.evaluation.metrics import benchmark_metrics
+from feclip.files import atomic_folder
 from feclip.jobs.common import JobRecord, epoch_logger
 from feclip.methods.base import Method
 from feclip.methods.registry import build_method
@@ -88,7 +89,8 @@ def benchmark_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[
         np.mean([metrics[f"{spec.name}/image_auroc"] for spec in cfg.eval.datasets])
     )
     record.log_metrics(metrics)
-    method.save(output_dir / "checkpoint")
+    with atomic_folder(output_dir / "checkpoint") as checkpoint:
+        method.save(checkpoint)
     table = paper_table(metrics, cfg.eval.datasets).assign(random_init=method.random_init)
     table.to_csv(output_dir / "paper_comparison.csv", index=False)
     return metrics

@@ -7,9 +7,7 @@ import contextlib
 import hashlib
 import json
 import math
-import signal
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -20,22 +18,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from feclip import tracking
 from feclip.cache import resolve_cap, size_bytes
+from feclip.cli import signals_as_exceptions
 from feclip.data.sources import AUX_SOURCES
+from feclip.errors import note
 from feclip.evaluation.metrics import MetricWarning
 from feclip.evaluation.predictor import predict_identity
+from feclip.files import write_text
 from feclip.methods.registry import METHODS
 from feclip.progress import job_label
 from feclip.runtime import compute_identity
 from feclip.tracking.local import (
+    ATTEMPTS_DIR,
     CONFIG_FILE,
     METRICS_FILE,
     RUN_FILE,
     append_history,
+    archive_attempt,
+    process_identity,
     read_json,
     update_run,
     write_json,
 )
-from feclip.tracking.tracker import Terminated, end_status, failure_reason
+from feclip.tracking.tracker import end_status, failure_reason
 
 RANDOM_INIT_NOTE = "random-init backbone: numbers test the pipeline, not FE-CLIP"
 
@@ -195,24 +199,6 @@ def epoch_logger(record: JobRecord) -> Callable[[int, dict[str, float]], None]:
     return log_epoch
 
 
-@contextlib.contextmanager
-def signals_as_exceptions() -> Iterator[None]:
-    """SIGTERM (SLURM's time limit) and SIGINT raise `Terminated` in the job, so it ends cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(number, frame):
-        raise Terminated(f"{signal.Signals(number).name} (signal {number})")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def finished_run(cfg: DictConfig, uri: str, digest: str):
     """A FINISHED run of this experiment with the same config hash, else None."""
     client = tracking.client_for(uri)
@@ -272,6 +258,18 @@ def closing_block(
     return "\n".join(lines)
 
 
+def upload_folder(tracker: tracking.Tracker, folder: Path) -> None:
+    """The job folder's files as the run's artifacts, without the earlier attempts archived there."""
+    if not (folder / ATTEMPTS_DIR).exists():
+        tracker.log_artifacts(folder)
+        return
+    for entry in sorted(p for p in folder.iterdir() if p.name != ATTEMPTS_DIR):
+        if entry.is_dir():
+            tracker.log_artifacts(entry, entry.name)
+        else:
+            tracker.log_artifact(entry)
+
+
 def tracked_job(
     cfg: DictConfig, output_dir: Path, job: tracking.JobInfo, body: Body, *, key_metrics: tuple[str, ...] = ()
 ) -> dict[str, float]:
@@ -284,9 +282,14 @@ def tracked_job(
     if cfg.tracking.enabled:
         tracking.check_tracking_uri(uri)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    previous = archive_attempt(output_dir)  # a rerun in a used job folder starts clean
+    if previous:
+        why = f"{previous['status']}: {previous['reason']}" if previous.get("reason") else previous["status"]
+        note(f"{output_dir} held an earlier attempt ({why}); moved it to {previous['archive']}")
+    write_text(output_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     tags = job_tags(cfg, job)
     identity = {
+        **process_identity(),
         "job_id": uuid.uuid4().hex,
         "job_folder": str(output_dir),
         "run_name": job.run_name,
@@ -327,6 +330,8 @@ def tracked_job(
     try:
         with signals_as_exceptions(), metric_warnings() as notes, job_label(job.run_name), tracker:
             update_run(output_dir, run_id=tracker.run_id)
+            if previous and previous.get("run_id"):
+                tracker.end_stale_run(previous["run_id"], previous["status"], previous.get("reason") or "")
             tracker.log_params(tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
             flag = tags["feclip.random_init"] == "true"
             title = " · ".join(
@@ -337,7 +342,7 @@ def tracked_job(
                 metrics = body(cfg, output_dir, record)
                 record.log_metrics(metrics)
             finally:
-                tracker.log_artifacts(output_dir)
+                upload_folder(tracker, output_dir)
     except BaseException as caught:
         error = caught
         raise

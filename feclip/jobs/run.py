@@ -1,5 +1,5 @@
-"""One job: validate the config, make its paths absolute, then run the job `mode` / `eval.protocol` ask
-for in one tracked run."""
+"""One job: validate the config, make its paths absolute, check where it will write, then run the job
+`mode` / `eval.protocol` ask for in one tracked run."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from feclip import config
 from feclip.evaluation.predictor import predict_identity
+from feclip.files import writable_folder
 from feclip.jobs.common import tracked_job
 from feclip.jobs.registry import job_for
 from feclip.tracking import JobInfo
@@ -28,6 +29,16 @@ def predict_job_info(cfg: DictConfig, job: JobInfo) -> JobInfo:
     return replace(job, run_name=f"{identity['domain']}-predict-{identity['method']}", variant="predict")
 
 
+def check_outputs(cfg: DictConfig, output_dir: Path) -> None:
+    """Every folder the job will write to exists (or is created) and takes files, before any work: the job
+    folder, the disk token cache, predict.out; else a one-line error naming the config key."""
+    writable_folder(output_dir, "hydra.run.dir")
+    if OmegaConf.select(cfg, "train.token_cache", default=None) == "disk":
+        writable_folder(cfg.cache_dir, "cache_dir")
+    if cfg.mode == "predict" and cfg.predict.out:
+        writable_folder(cfg.predict.out, "predict.out")
+
+
 def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = None) -> float | None:
     """Validate, run, return the job's headline metric (None when it has none). Relative paths in the
     config mean the launch directory, so a job runs the same from its own folder (`hydra.job.chdir=true`)."""
@@ -36,6 +47,7 @@ def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = 
     output_dir = (output_dir or Path(HydraConfig.get().runtime.output_dir)).resolve()
     job = job or JobInfo.from_hydra(cfg)
     cfg = with_local_checkpoint(config.absolute_paths(cfg, launch_dir()), output_dir)
+    check_outputs(cfg, output_dir)
     if cfg.mode == "predict":
         job = predict_job_info(cfg, job)
     metrics = tracked_job(cfg, output_dir, job, kind.body, key_metrics=(kind.headline, *kind.key_metrics))

@@ -96,13 +96,14 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     split, allow_integer = cold_warm_split(cfg), cfg.data.allow_integer
     data = load_domain(root, cfg.domain.name, cold_warm_split=split, allow_integer=allow_integer)
     log_dataset(cfg, record, data, root)
+    fit, val = split_validation(
+        data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
+    )
+    AUX_SOURCES.get_entry(cfg.aux.source).check(cfg, len(fit))  # something to train on, before the model
     method = build_method(cfg).to(rt.device)
     record.set_tags(method.tags())
     record.mark_deployable(aware.reads_test_labels(cfg))
     to_input = hdmap_input(cfg, method)
-    fit, val = split_validation(
-        data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
-    )
     test = data.subset((data.meta["split"] == "test").to_numpy())
     study = split_test(test.meta, cfg.eval.split)
     fit_method(cfg, rt, method, root=root, fit=fit, to_input=to_input, log_epoch=epoch_logger(record))
@@ -126,7 +127,6 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     write_scores_info(output_dir / "scores_info.json", cfg, method)
     record.log_metrics(metrics)  # on disk and in the run before anything else can fail
     directory = output_dir / "checkpoint"
-    directory.mkdir(parents=True, exist_ok=True)
     shape = tuple(data.images.shape[-2:])
     save_predictor(directory, method, to_input, calibrated, refs, shape, identity=config_identity(cfg))
     if cfg.eval.figures:

@@ -118,6 +118,21 @@ def backbone_config(model_name: str) -> dict:
     return open_clip.get_model_config(model_name)
 
 
+def patch_grid(size, patch, model_name: str, name: str = "input size") -> tuple[int, int]:
+    """Patch grid (gh, gw) of an input size (h, w) in pixels that whole patches (ph, pw) (or one int) tile
+    exactly. Any other size is refused with a one-line BackboneError naming the nearest sizes that fit: the
+    stem conv floors the grid, so rows or columns past the last whole patch would never be seen."""
+    (h, w), (ph, pw) = (int(v) for v in size), (patch, patch) if isinstance(patch, int) else tuple(patch)
+    if h % ph == 0 and w % pw == 0 and h > 0 and w > 0:
+        return h // ph, w // pw
+    fits = [max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw)]
+    unseen = " and ".join(f"{n} {axis}" for n, axis in ((h % ph, "rows"), (w % pw, "columns")) if n)
+    raise BackboneError(
+        f"{name}=[{h}, {w}] is not whole {ph}x{pw} patches of {model_name}: the last {unseen} would never be "
+        f"seen; expected multiples of the patch size, e.g. {fits}"
+    )
+
+
 def _tag_activations(model_name: str) -> set[str]:
     """The activations of `model_name`'s published open_clip tags (empty for a model with none)."""
     return {
@@ -341,14 +356,8 @@ class ClipBackbone(nn.Module):
         return super().train(False)
 
     def grid_size(self, image_size) -> tuple[int, int]:
-        """Patch grid (gh, gw) of an input (h, w): floor division by the patch size, as the stem conv does."""
-        h, w = image_size
-        gh, gw = h // self.patch_size[0], w // self.patch_size[1]
-        if gh < 1 or gw < 1:
-            raise BackboneError(
-                f"input size {(h, w)} is smaller than one {self.patch_size} patch of {self.model_name}"
-            )
-        return gh, gw
+        """Patch grid (gh, gw) of an input (h, w) that whole patches tile (`patch_grid`)."""
+        return patch_grid(image_size, self.patch_size, self.model_name)
 
     def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1 + gh * gw, D): the checkpoint's embedding at its native grid, else interpolated to `grid`."""

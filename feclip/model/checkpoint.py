@@ -12,7 +12,6 @@ differences (backbone, width, taps, input size, or an adapter option of the conf
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from feclip.errors import FeclipError
+from feclip.files import atomic_path, write_text
 from feclip.model.feclip import FEClip, FEClipConfig
 
 FORMAT = "feclip-checkpoint/2"
@@ -77,7 +77,8 @@ def _json_value(value: Any) -> Any:
 
 
 def save_checkpoint(directory, model: FEClip, extra: dict | None = None, input_size=None) -> Path:
-    """Write the trainable state, the description and `extra` (JSON values, top-level tensors)."""
+    """Write the trainable state, the description and `extra` (JSON values, top-level tensors), each file
+    atomically, the description last."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     extra = dict(extra or {})
@@ -89,13 +90,17 @@ def save_checkpoint(directory, model: FEClip, extra: dict | None = None, input_s
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {directory}: extra is not JSON-serialisable ({error})") from error
     state = {k: v.cpu().contiguous() for k, v in model.trainable_state_dict().items()}
-    save_file(state, directory / WEIGHTS_FILE, metadata={"format": FORMAT})
+    save_tensors(state, directory / WEIGHTS_FILE)
     if tensors:
-        save_file(tensors, directory / EXTRA_TENSORS_FILE, metadata={"format": FORMAT})
-    tmp = directory / f"{DESCRIPTION_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, directory / DESCRIPTION_FILE)
+        save_tensors(tensors, directory / EXTRA_TENSORS_FILE)
+    write_text(directory / DESCRIPTION_FILE, text)  # last: a folder without it is no checkpoint
     return directory
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file written atomically; a full disk is an `OSError` naming `path`."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"format": FORMAT})
 
 
 def read_description(directory) -> dict[str, Any]:

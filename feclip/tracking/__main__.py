@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from feclip.errors import FeclipError
+from feclip.cli import guard
 from feclip.tracking.sync import sync
 
 
@@ -20,12 +19,13 @@ def main(argv: list[str] | None = None) -> int:
         "--uri", default=None, help="target store (default: the one the job was tracked in)"
     )
     args = parser.parse_args(argv)
-    try:
-        run_ids = sync(args.folder, args.uri)
-    except FeclipError as error:
-        print(f"feclip: error: {error}", file=sys.stderr)
-        return 2
-    print(f"synced {len(run_ids)} runs from {args.folder}")
+    stopped = "the runs logged so far are complete; run the same command again to finish"
+    return guard(lambda: _sync(args.folder, args.uri), "feclip.tracking", stopped=stopped)
+
+
+def _sync(folder: str, uri: str | None) -> int:
+    run_ids = sync(folder, uri)
+    print(f"synced {len(run_ids)} runs from {folder}")
     return 0
 
 

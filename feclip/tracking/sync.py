@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from feclip.tracking.local import (
+    ATTEMPTS_DIR,
     CONFIG_FILE,
     METRICS_FILE,
     RUN_FILE,
@@ -93,7 +94,7 @@ def _log_missing_artifacts(client, run_id: str, folder: Path) -> None:
     present = _artifact_paths(client, run_id)
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         relative = path.relative_to(folder)
-        if str(relative) not in present:
+        if relative.parts[0] != ATTEMPTS_DIR and str(relative) not in present:
             parent = str(relative.parent) if str(relative.parent) != "." else None
             client.log_artifact(run_id, str(path), parent)
 
@@ -153,7 +154,8 @@ def sync(folder: str | Path, uri: str | None = None) -> list[str]:
         )
     if sweep_dir is None and (folder.parent / SWEEP_FILE).exists():
         sweep_dir = folder.parent
-    target = resolve_tracking_uri(uri or read_json(jobs[0] / RUN_FILE).get("tracking_uri"))
+    records = [read_json(job / RUN_FILE) for job in jobs]  # every record readable before the store is touched
+    target = resolve_tracking_uri(uri or records[0].get("tracking_uri"))
     check_tracking_uri(target)
     client = client_for(target)
     parent = _parent(client, sweep_dir) if sweep_dir else None

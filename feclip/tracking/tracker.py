@@ -20,7 +20,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from feclip.tracking.uris import TrackingError, fast_http, http_reason, one_line, sqlite_path
+from feclip.tracking.uris import (
+    StoreError,
+    TrackingError,
+    bounded_call,
+    http_reason,
+    one_line,
+    sqlite_path,
+)
 
 TRUNCATION_MARKER = "...[truncated]"
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -78,14 +85,22 @@ def client_for(uri: str):
     return MlflowClient(uri)
 
 
+def folder_name(name: str) -> str:
+    """`name` (from the config) as one folder name that stays inside its parent: every character but
+    letters, digits, `_ - .` and space becomes `_` (`/` and `\\` included, so `../x` and `/abs` cannot lead
+    out), and a name of dots only (`.`, `..`) becomes underscores."""
+    safe = re.sub(r"[^\w\-. ]", "_", str(name))
+    return safe if safe.strip(".") else "_" * max(1, len(safe))
+
+
 def artifact_location(uri: str, name: str) -> str | None:
-    """Where a new experiment keeps its artifacts: `mlartifacts/<name>` beside a sqlite store (never the
-    job's working directory, which `hydra.job.chdir=true` makes the job folder); the server's choice for
-    other stores."""
+    """Where a new experiment keeps its artifacts: `mlartifacts/<name as one folder name>` beside a sqlite
+    store (never the job's working directory, which `hydra.job.chdir=true` makes the job folder); the
+    server's choice for other stores."""
     path = sqlite_path(uri)
     if not path:
         return None
-    return (Path(path).expanduser().resolve().parent / "mlartifacts" / param_key(name)).as_uri()
+    return (Path(path).expanduser().resolve().parent / "mlartifacts" / folder_name(name)).as_uri()
 
 
 def experiment_id(client, name: str, create: bool = True) -> str | None:
@@ -101,10 +116,8 @@ def experiment_id(client, name: str, create: bool = True) -> str | None:
             )
         except Exception as error:  # usually: another job created it in between
             experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise TrackingError(
-                    f"cannot create MLflow experiment {name!r}: {one_line(error, 200)}"
-                ) from None
+            if experiment is None:  # the store refused it (disk full, locked)
+                raise StoreError(f"cannot create MLflow experiment {name!r}: {http_reason(error)}") from None
     if experiment is None:
         return None
     if experiment.lifecycle_stage != "active":
@@ -124,8 +137,9 @@ class Tracker:
 
     Tracking never costs a job its results: every call to the store has a short timeout (`timeout_s`, no
     mlflow retry loop) and failed calls are retried with backoff within one budget for the whole run
-    (`budget_s`). Once the budget is spent the tracker stops calling the store and `lost` says why; the job
-    goes on (its folder holds everything, `python -m feclip.tracking sync` logs it afterwards).
+    (`budget_s`; a call never waits past what is left of it, a locked sqlite store included). Once the
+    budget is spent the tracker stops calling the store and `lost` says why; the job goes on (its folder
+    holds everything, `python -m feclip.tracking sync` logs it afterwards).
     """
 
     def __init__(
@@ -162,11 +176,11 @@ class Tracker:
         while True:
             start = time.monotonic()
             try:
-                with fast_http(max(1, round(self.timeout_s))):
+                with bounded_call(max(0.1, min(self.timeout_s, self.budget_s - self._spent))):
                     return fn(*args, **kwargs)
-            except TrackingError:
-                raise
             except Exception as error:  # whatever the store raises: the job must go on
+                if isinstance(error, TrackingError) and not isinstance(error, StoreError):
+                    raise  # a usage error (a non-numeric metric, a deleted experiment)
                 self._spent += time.monotonic() - start
                 if self._spent + delay > self.budget_s:
                     self.lost = f"{what} failed ({http_reason(error)}) after {self._spent:.0f} s of retries"
@@ -268,6 +282,23 @@ class Tracker:
             raise TrackingError("Tracker methods need an open run: use `with Tracker(...) as tracker:`")
         return self.enabled and self._run_id is not None and self.lost is None
 
+    def end_stale_run(self, run_id: str, status: str, reason: str) -> None:
+        """End another run of this store that is still RUNNING (an earlier attempt of the same job, whose
+        process died) with `status` and the tag `failure_reason`; a run this store lacks is left alone."""
+        if self._open():
+            self._call("ending a stale run", self._end_if_running, run_id, status, reason)
+
+    def _end_if_running(self, run_id: str, status: str, reason: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException:  # tracked in another store: `python -m feclip.tracking sync` closes it there
+            return
+        if run.info.status == "RUNNING":
+            self._client.set_tag(run_id, "failure_reason", truncate(reason, MAX_TAG_LENGTH))
+            self._client.set_terminated(run_id, status)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log `params` (nested dicts/lists flattened to dotted keys; values over 6000 chars truncated with
         `...[truncated]`) in batches."""
@@ -345,11 +376,6 @@ class Tracker:
             self._call(
                 "logging an artifact", self._client.log_artifact, self._run_id, str(path), artifact_path
             )
-
-
-class Terminated(KeyboardInterrupt):
-    """A termination signal (SIGTERM: what SLURM sends at a time limit) turned into an exception, so the job
-    ends like on Ctrl-C: files flushed, the run KILLED with the signal as the reason."""
 
 
 def failure_reason(error: BaseException) -> str:

@@ -4,12 +4,16 @@ http port, refused scheme, unwritable sqlite path) before any work starts."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from feclip.errors import FeclipError
 
@@ -20,6 +24,11 @@ UNCHECKED_SCHEMES = ("postgresql", "mysql", "mssql", "databricks")
 
 class TrackingError(FeclipError):
     """The tracking store or a tracking call is unusable; the message names the URI/file and the fix."""
+
+
+class StoreError(TrackingError):
+    """A store failed a call it should serve (disk full, locked): a tracker retries it within its budget and
+    then goes on untracked; a command line prints it in one line."""
 
 
 def _default_base_dir() -> Path:
@@ -115,6 +124,36 @@ def fast_http(timeout_s: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
+_BUSY_TIMEOUT_MS: list[int | None] = [None]  # the sqlite busy wait of the store call in progress
+
+
+@event.listens_for(Engine, "before_cursor_execute", retval=True)
+def _cap_busy_timeout(conn, cursor, statement, parameters, context, executemany):
+    """MLflow sets `PRAGMA busy_timeout = 20000` on every sqlite session; inside `bounded_call` the wait is
+    the call's own timeout instead."""
+    if _BUSY_TIMEOUT_MS[0] is not None and statement.lstrip().upper().startswith("PRAGMA BUSY_TIMEOUT"):
+        statement = f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS[0]};"
+    return statement, parameters
+
+
+@contextlib.contextmanager
+def bounded_call(timeout_s: float) -> Iterator[None]:
+    """One call to a store that gives up after about `timeout_s` seconds: http without MLflow's retry loop
+    (`fast_http`), a locked sqlite store after `timeout_s` instead of MLflow's 20 s per statement. The
+    store's own error logs (a traceback and the SQL per locked call) are muted: the caller reports the
+    failure in one line. Process-wide settings: not for concurrent use from threads."""
+    store_logger = logging.getLogger("mlflow.store")
+    saved = _BUSY_TIMEOUT_MS[0], store_logger.level
+    _BUSY_TIMEOUT_MS[0] = max(1, round(1000 * timeout_s))
+    store_logger.setLevel(logging.CRITICAL)
+    try:
+        with fast_http(max(1, round(timeout_s))):
+            yield
+    finally:
+        _BUSY_TIMEOUT_MS[0] = saved[0]
+        store_logger.setLevel(saved[1])
+
+
 def _check_server(uri: str, timeout_s: int) -> None:
     from mlflow import MlflowClient
 
@@ -130,9 +169,12 @@ def _check_server(uri: str, timeout_s: int) -> None:
 
 
 def http_reason(error: Exception) -> str:
-    """Root cause of a failed REST call (`[Errno 111] Connection refused`), else the message, shortened."""
+    """Root cause of a failed store call (`[Errno 111] Connection refused`, `(sqlite3.OperationalError)
+    database is locked`), else the message, shortened."""
     cause = re.search(
-        r"\[Errno -?\d+\][^'\")]*|Read timed out|timed out|HTTP status \d+|status_code=\d+", str(error)
+        r"\[Errno -?\d+\][^'\")]*|Read timed out|timed out|HTTP status \d+|status_code=\d+"
+        r"|\(sqlite3\.\w+\) [^\[\n]*",
+        str(error),
     )
     return cause.group(0).strip() if cause else one_line(error, 200)
 

@@ -239,3 +239,15 @@ def test_missing_requested_category_names_its_folder(fixtures):
         load_benchmark("mvtec", fixtures["mvtec"][0], HALF, categories=["bottle", "cable"])
     with pytest.raises(BenchmarkError, match=r"no test rows of VisA objects \['pcb2'\]"):
         load_benchmark("visa", fixtures["visa"][0], HALF, categories=["pcb2"])
+
+
+def test_a_listing_names_what_it_skips_and_refuses_a_dangling_image(tmp_path, capsys):
+    root = tmp_path / "mvtec"
+    make_mvtec_fixture(root)
+    good = root / "bottle" / "test" / "good"
+    (good / "Thumbs.db").write_bytes(b"x")
+    assert len(list_benchmark("mvtec", root)) == 12
+    assert capsys.readouterr().err == f"feclip: note: {good}: skipped 1 entries that are not .png files: Thumbs.db\n"
+    (good / "009.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(BenchmarkError, match=f"{good / '009.png'}: not a readable file"):
+        list_benchmark("mvtec", root)

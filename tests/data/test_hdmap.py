@@ -356,3 +356,45 @@ def test_predictions_travel_with_their_rows(small_root):
     assert (part.meta["score"] == part.meta["file_index"] + 1000).all()
     assert torch.equal(part.maps[:, 0, 0], torch.as_tensor(np.flatnonzero(scored.meta["label"] == 1)).float())
     assert torch.equal(part.masks, scored.masks[torch.as_tensor(np.flatnonzero(scored.meta["label"] == 1))])
+
+
+# ---------------------------------------------------------------- nothing dropped or changed silently
+
+
+def test_a_dangling_symlink_in_train_is_an_error_not_a_skipped_image(tmp_path, tree):
+    """It used to be skipped and the training count stayed as if nothing happened."""
+    link = tmp_path / "domain_A" / "train" / "good" / "000004.tiff"
+    link.symlink_to(tmp_path / "gone" / "000004.tiff")
+    message = expect_error(link, load_domain, tmp_path, "A", cold_warm_split=SPLIT)
+    assert f"a symlink to {tmp_path / 'gone' / '000004.tiff'}, which is missing" in message
+
+
+def test_entries_that_are_not_tiffs_are_named_in_one_note(tmp_path, tree, capsys):
+    folder = tmp_path / "domain_A" / "train" / "good"
+    (folder / "notes.txt").write_text("x")
+    (folder / "old").mkdir()
+    data = load_domain(tmp_path, "A", splits=("train",), cold_warm_split=SPLIT)
+    assert len(data) == 4
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("feclip: ")]
+    assert line == f"feclip: note: {folder}: skipped 2 entries that are not .tif/.tiff files: notes.txt, old/"
+
+
+def test_a_float64_value_beyond_float32_names_the_file_and_the_value(tmp_path, tree):
+    """1e300 became inf in float32 and the job blamed the learning rate ("training diverged")."""
+    path = tmp_path / "domain_A" / "train" / "good" / "000001.tiff"
+    image = np.full(SHAPE, 0.5, dtype=np.float64)
+    image[3, 4] = 1e300
+    tifffile.imwrite(path, image)
+    message = expect_error(path, load_domain, tmp_path, "A", cold_warm_split=SPLIT)
+    assert "float64 value 1e+300 at (row 3, column 4) is beyond float32's range" in message
+    assert read_tiff(path.with_name("000000.tiff")).dtype == np.float32
+
+
+@pytest.mark.parametrize("fraction", [0.99, 0.98])
+def test_a_validation_fraction_that_holds_out_every_train_image_is_refused(small_root, fraction):
+    """data.val_fraction=0.99 left no image to fit on and ended in a traceback later."""
+    train = load_domain(small_root, "C", splits=("train",), cold_warm_split=SMALL_SPLIT)
+    with pytest.raises(HDMAPError, match=f"data.val_fraction={fraction} holds out 20 of the 20 train/good"):
+        split_validation(train, fraction, seed=0)
+    fit, val = split_validation(train, 0.95, seed=0)
+    assert (len(fit), len(val)) == (1, 19)

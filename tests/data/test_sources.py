@@ -5,7 +5,7 @@ import torch
 from helpers import SMALL_SPLIT, compose
 
 from feclip.data.hdmap import load_domain
-from feclip.data.sources import AUX_SOURCES, SourceContext
+from feclip.data.sources import AUX_SOURCES, SourceContext, SourceError
 from feclip.data.transforms import HDMAPInput
 
 STATS = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -51,3 +51,15 @@ def test_in_distribution_training_faults_are_labelled():
     tags = AUX_SOURCES["synthetic_faults"].tags(compose("aux.fault.family=test_like"))
     assert tags["feclip.training_faults"] == "test_like" and tags["feclip.in_distribution"].startswith("true")
     assert AUX_SOURCES["none"].tags(compose("aux=none")) == {}
+
+
+def test_a_fault_rate_that_rounds_to_no_fault_is_refused(small_root):
+    """aux.faults_per_normal=0.0001 rounded to zero faulty images and ended in a traceback."""
+    fit = load_domain(small_root, "C", splits=("train",))
+    cfg = _cfg(small_root, "aux.faults_per_normal=0.0001")
+    source = AUX_SOURCES["synthetic_faults"]
+    with pytest.raises(SourceError, match=r"round\(0.0001 x 20 normals\) = 0 faulty training images"):
+        source.check(cfg, len(fit))
+    with pytest.raises(SourceError, match="expected at least 1"):
+        source.build(cfg, _context(small_root, fit))
+    assert source.check(_cfg(small_root, "aux.faults_per_normal=0.05"), len(fit)) == 1

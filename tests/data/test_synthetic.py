@@ -8,6 +8,7 @@ The real domain-C per-image statistics are the fixture copy of the user's CSV.
 """
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import tifffile
 
 from feclip.data import stats, synthetic
 from feclip.data.hdmap import DOMAINS
+from feclip.errors import Terminated
 
 REAL_C = Path(__file__).parent / "fixtures" / "hdmap_domain_C_image_stats.csv"
 N_TRAIN, N_TEST, SEED, OTHER_SEED = 1000, 1000, 0, 2
@@ -244,6 +246,32 @@ def test_ensure_generates_absent_or_incomplete_sets_and_is_a_no_op_when_complete
     (out / "domain_B/test/good/000001.tiff").unlink()  # incomplete set, same parameters -> regenerated
     synthetic.ensure(out, domains=("B",), n_train=2, n_test=2, seed=SEED)
     assert len(calls) == 1 and (out / "domain_B/test/good/000001.tiff").exists()
+
+
+def test_an_interrupted_generation_is_recognised_and_redone(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the TIFFs were written left 403 files and no marker, and the next run refused the
+    folder: now `.generating.json` marks it, and the next run generates it again, identical to a fresh one."""
+    out, real, written = tmp_path / "set", tifffile.imwrite, []
+
+    def interrupted(path, data, **options):
+        if len(written) == 5:
+            raise Terminated(signal.SIGINT)
+        written.append(path)
+        real(path, data, **options)
+
+    monkeypatch.setattr(tifffile, "imwrite", interrupted)
+    with pytest.raises(Terminated):
+        synthetic.ensure(out, domains=("B",), n_train=4, n_test=4, seed=SEED)
+    assert (out / synthetic.PARTIAL).exists() and not (out / synthetic.MARKER).exists()
+    assert len(list(out.rglob("*.tiff"))) == 5
+    monkeypatch.setattr(tifffile, "imwrite", real)
+    synthetic.ensure(out, domains=("B",), n_train=4, n_test=4, seed=SEED)
+    assert capsys.readouterr().err.count(f"feclip: note: {out}: holds an interrupted generation") == 1
+    assert (out / synthetic.MARKER).exists() and not (out / synthetic.PARTIAL).exists()
+    fresh = synthetic.ensure(tmp_path / "fresh", domains=("B",), n_train=4, n_test=4, seed=SEED)
+    files = sorted(p.relative_to(out) for p in out.rglob("*.tiff"))
+    assert files == sorted(p.relative_to(fresh) for p in fresh.rglob("*.tiff")) and len(files) == 16
+    assert all(np.array_equal(tifffile.imread(out / f), tifffile.imread(fresh / f)) for f in files)
 
 
 @pytest.mark.parametrize(

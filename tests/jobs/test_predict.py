@@ -224,6 +224,19 @@ def test_upper_case_tiff_files_are_listed(tmp_path):
     assert [p.name for p in list_inputs(str(tmp_path))] == ["a.TIFF", "b.tif", "c.Tiff"]
 
 
+def test_skipped_entries_are_named_and_a_dangling_link_is_listed_with_its_reason(tmp_path, capsys):
+    """Nothing at predict.input is dropped silently: other entries are named in one note, and a dangling
+    .tiff link stays listed (its row says why it was not scored)."""
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.tiff").symlink_to(tmp_path / "gone.tiff")
+    assert [p.name for p in list_inputs(str(tmp_path))] == ["a.tiff", "b.tiff"]
+    assert capsys.readouterr().err == (
+        f"feclip: note: {tmp_path}: skipped 2 entries that are not .tif/.tiff files: notes.txt, sub/\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def fewshot_run(tmp_path_factory):
     """A gated few-shot run (1 + 1 references, p90 gate), tracked in sqlite."""

@@ -1,6 +1,7 @@
 """ClipBackbone: token forward == open_clip's own, interpolation, layouts, weights, fast offline errors."""
 
 import copy
+import re
 import subprocess
 import sys
 import types
@@ -47,9 +48,8 @@ def test_frozen_and_always_eval(backbone):
     assert not any(p.requires_grad for p in backbone.parameters())
 
 
-@pytest.mark.parametrize("size", [(224, 224), (230, 237)])  # the same 14 x 14 grid: no interpolation needed
-def test_token_forward_equals_encode_image(backbone, size):
-    images = torch.randn(2, 3, *size)
+def test_token_forward_equals_encode_image(backbone):
+    images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         ours, embedding = block_outputs(backbone, lambda: token_forward(backbone, images))
         theirs, reference = block_outputs(backbone, lambda: backbone.clip.encode_image(images))
@@ -216,8 +216,20 @@ def test_bad_names_and_ranges_raise(backbone):
         ClipBackbone("feclip-tiny", "no-such-tag")
     with pytest.raises(BackboneError, match=r"block range \[2, 5\)"):
         backbone.run_blocks(torch.zeros(1, 197, 64), 2, 5)
-    with pytest.raises(BackboneError, match="smaller than one"):
+    with pytest.raises(BackboneError, match="the last 8 rows would never be seen"):
         backbone.embed(torch.zeros(1, 3, 8, 224))
+
+
+@pytest.mark.parametrize(
+    "size, unseen, fits",
+    [((31, 192), "the last 15 rows", "[32, 192]"), ((33, 33), "the last 1 rows and 1 columns", "[32, 32]")],
+)
+def test_sizes_that_are_not_whole_patches_are_refused_not_floored(backbone, size, unseen, fits):
+    """open_clip's stem floors the grid: (31, 192) would run on 1 x 12 patches and never see rows 16-30."""
+    with pytest.raises(BackboneError, match=re.escape(f"{unseen} would never be seen")) as error:
+        backbone.embed(torch.zeros(1, 3, *size))
+    assert f"e.g. {fits}" in str(error.value) and "\n" not in str(error.value)
+    assert backbone.grid_size((32, 192)) == (2, 12)
 
 
 def test_uncached_tag_fails_fast_offline_or_without_network(tmp_path):

@@ -1,21 +1,28 @@
 """Crash safety with real processes: a tracking server killed by its PID mid-training, sync afterwards, a bad
-job inside a sweep (basic and joblib launchers), SIGTERM / SIGINT, and resuming a sweep. Bounded in time."""
+job inside a sweep (basic and joblib launchers), SIGTERM / SIGINT, resuming a sweep, a rerun in the folder
+of a SIGKILLed job, a locked store, a full store disk, a truncated record. Bounded in time."""
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli, small_data
+from helpers import ROOT, compose, full_disk, run_cli, small_data
 from mlflow import MlflowClient
 from mlflow_server import running_mlflow_server
 
 from feclip.data import synthetic
-from feclip.tracking.local import read_history
+from feclip.jobs.common import tracked_job
+from feclip.jobs.run import main
+from feclip.tracking import JobInfo, Tracker
+from feclip.tracking.__main__ import main as tracking_cli
+from feclip.tracking.local import JobFolderError, archive_attempt, read_history, update_run
 from feclip.tracking.sync import sync
 
 RESULT_FILES = (
@@ -196,3 +203,146 @@ def test_skip_finished_reruns_only_what_is_missing(tmp_path):
     assert [r["status"] for r in records] == ["SKIPPED", "FINISHED"]
     finished = [r.data.tags.get("domain") for r in _runs(uri, "resume") if r.info.status == "FINISHED"]
     assert sorted(d for d in finished if d) == ["A", "C"]  # one finished run per job, the parents aside
+
+
+# ---------------------------------------------------- a rerun, a locked or full store, a truncated record
+
+KILLED_ATTEMPT = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from helpers import compose
+from feclip.jobs.common import tracked_job
+from feclip.tracking import JobInfo
+
+def body(cfg, folder, record):
+    record.log_metrics({{"total": 1.0}}, step=0)
+    print("training", flush=True)
+    time.sleep(600)
+
+cfg = compose("tracking.uri={uri}", "tracking.experiment=rerun", "tracking.system_metrics_s=null")
+tracked_job(cfg, Path({folder!r}), JobInfo("A", "default"), body)
+"""
+
+
+def test_a_rerun_in_the_folder_of_a_killed_job_starts_clean_and_closes_its_run(tmp_path):
+    """SIGKILL, then the same job in the same folder: history.csv held both attempts' rows and the killed
+    attempt's MLflow run stayed RUNNING forever."""
+    uri, folder = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "job"
+    script = KILLED_ATTEMPT.format(tests=str(ROOT / "tests"), uri=uri, folder=str(folder))
+    killed = subprocess.Popen([sys.executable, "-c", script], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline() == "training\n"
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    (stale,) = _runs(uri, "rerun")
+    assert stale.info.status == "RUNNING"
+    cfg = compose("tracking.uri=" + uri, "tracking.experiment=rerun", "tracking.system_metrics_s=null")
+    tracked_job(
+        cfg, folder, JobInfo("A", "default"), lambda c, f, r: r.log_metrics({"total": 2.0}, step=0) or {}
+    )
+    assert read_history(folder) == [(0, "total", 2.0)]
+    archived = folder / "attempts" / "1"
+    assert read_history(archived) == [(0, "total", 1.0)]
+    record, old = (json.loads((f / "run.json").read_text()) for f in (folder, archived))
+    assert record["status"] == "FINISHED" and old["status"] == "FAILED" and "process died" in old["reason"]
+    runs = {r.info.run_id: r for r in _runs(uri, "rerun")}
+    assert (
+        runs[old["run_id"]].info.status == "FAILED"
+        and "process died" in runs[old["run_id"]].data.tags["failure_reason"]
+    )
+    assert runs[record["run_id"]].info.status == "FINISHED"
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(record["run_id"])}
+    assert "attempts" not in artifacts and {"run.json", "history.csv"} <= artifacts
+    sync(folder, uri)
+    sync(archived, uri)
+    assert sorted(r.info.status for r in _runs(uri, "rerun")) == ["FAILED", "FINISHED"]
+
+
+def test_a_rerun_while_the_job_still_runs_is_refused_in_one_line(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    update_run(folder, status="RUNNING", host=socket.gethostname())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        update_run(folder, pid=sleeper.pid)
+        with pytest.raises(JobFolderError, match=f"is in use by a running job \\(pid {sleeper.pid} on "):
+            archive_attempt(folder)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert archive_attempt(folder)["status"] == "FAILED"  # its process has ended: archived
+
+
+LOCK = (
+    "import sqlite3, sys, time\n"
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(60)"
+)
+
+
+def test_a_locked_sqlite_store_costs_at_most_the_budget_and_prints_no_traceback(tmp_path, capfd):
+    """Another writer holding the store: MLflow waited 20 s per call (41 s against a 30 s budget) and logged
+    a traceback and the SQL for each."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(uri, "locked", "r", budget_s=4, timeout_s=1) as tracker:
+        tracker.log_metrics({"a": 1.0}, step=0)
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCK, str(tmp_path / "mlflow.db")], stdout=subprocess.PIPE
+        )
+        try:
+            assert locker.stdout.readline() == b"locked\n"
+            start = time.monotonic()
+            tracker.log_metrics({"a": 2.0}, step=1)
+            tracker.log_metrics({"a": 3.0}, step=2)
+            spent = time.monotonic() - start
+        finally:
+            locker.kill()
+            locker.wait()
+    assert spent < 4 + 1.5 and "(sqlite3.OperationalError) database is locked" in tracker.lost
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "[SQL:" not in err
+    (line,) = [line for line in err.splitlines() if "feclip" in line]
+    assert (
+        line.startswith(f"feclip: tracking at {uri} stopped: logging metrics failed")
+        and "the job goes on" in line
+    )
+
+
+def test_a_full_disk_under_the_store_leaves_the_job_untracked(tmp_path, capfd):
+    """A new experiment on a full store disk failed the job with 2 tracebacks; the README promises that a
+    tracking failure lets the job go on untracked."""
+    with full_disk(tmp_path / "disk") as disk:
+        uri = f"sqlite:///{disk / 'mlflow.db'}"
+        MlflowClient(uri).search_experiments()  # the store exists, then its disk fills up
+        descriptor = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(descriptor, bytes(2**16))
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+        finally:
+            os.close(descriptor)
+        cfg = compose(*small_data(tmp_path, n=20), f"tracking.uri={uri}", "tracking.experiment=new")
+        cfg.tracking.budget_s, cfg.tracking.timeout_s, cfg.tracking.system_metrics_s = 2.0, 1.0, None
+        cfg.eval.figures = False
+        metrics = main(cfg, tmp_path / "job", JobInfo("C", "default"))
+    record = json.loads((tmp_path / "job" / "run.json").read_text())
+    assert metrics is not None and record["status"] == "FINISHED" and record["synced"] is False
+    assert (
+        "creating the experiment failed ((sqlite3.OperationalError) database or disk is full)"
+        in record["lost"]
+    )
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_sync_of_a_truncated_run_json_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "run.json").write_text('{"job_id": "abc", "status": "RUNN')
+    assert tracking_cli(["sync", str(folder), "--uri", f"sqlite:///{tmp_path / 'store.db'}"]) == 2
+    assert capsys.readouterr().err == (
+        f"feclip.tracking: error: {folder / 'run.json'}: not valid JSON (Unterminated string starting at: "
+        "line 1, column 29; truncated or edited?); expected a record written by feclip\n"
+    )

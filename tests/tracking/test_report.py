@@ -189,6 +189,24 @@ def test_cli_writes_report_and_fails_in_one_line(store, tmp_path, capsys):
     assert error.startswith("report: error: no MLflow experiment 'missing'") and error.count("\n") == 1
 
 
+def test_cli_refuses_an_out_that_is_a_file_before_reading_the_store(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    args = [
+        "--uri",
+        f"sqlite:///{tmp_path / 'none.db'}",
+        "--experiment",
+        "x",
+        "--out",
+        str(tmp_path / "taken"),
+    ]
+    assert _script().main(args) == 2
+    assert capsys.readouterr().err == (
+        f"report: error: --out='{tmp_path / 'taken'}' is a file; "
+        "expected a folder (or a path that can be created)\n"
+    )
+    assert not (tmp_path / "none.db").exists()
+
+
 def test_anchor_means_match_published_means():
     for anchor in report.ANCHORS:
         if anchor.mean is not None and "–" not in anchor.values:

@@ -430,3 +430,15 @@ def test_tracker_over_http_with_real_server(mlflow_server, tmp_path):  # noqa: F
     assert run.info.status == "FINISHED" and run.info.run_name == "C-dct"
     assert run.data.params == {"model.lam": "0.1"} and run.data.metrics == {"auroc": 0.75}
     assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["scores.csv"]
+
+
+@pytest.mark.parametrize("name", ["../x", "../../x", "..", "{tmp}/absolute"])
+def test_experiment_names_never_become_paths_outside_mlartifacts(tmp_path, name):
+    """tracking.experiment='../../x' (or an absolute name) used to write artifacts outside mlartifacts/."""
+    name = name.format(tmp=tmp_path)
+    (tmp_path / "artifact.txt").write_text("x")
+    with Tracker(f"sqlite:///{tmp_path}/store/mlflow.db", name, "r") as tracker:
+        tracker.log_artifact(tmp_path / "artifact.txt")
+    (logged,) = [p for p in tmp_path.rglob("artifact.txt") if p != tmp_path / "artifact.txt"]
+    assert (tmp_path / "store" / "mlartifacts") in logged.parents
+    assert len(logged.relative_to(tmp_path / "store" / "mlartifacts").parts) == 4  # <name>/<run>/artifacts/

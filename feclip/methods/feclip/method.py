@@ -19,10 +19,10 @@ from safetensors.torch import load_file, save_file
 
 from feclip.methods.base import Method
 from feclip.methods.feclip.train import TrainConfig, forward_frozen, train
-from feclip.model.backbone import ClipBackbone, backbone_config
+from feclip.model.backbone import ClipBackbone, backbone_config, patch_grid
 from feclip.model.build import build_feclip, feclip_config, load_config
 from feclip.model.checkpoint import load_checkpoint, read_description, read_extra, save_checkpoint
-from feclip.model.feclip import FEClip, FEClipConfig, FEClipOutput, HeadError, resolve_taps
+from feclip.model.feclip import FEClip, FEClipConfig, FEClipOutput, resolve_taps
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
 PRE_TAP_VERSION = 2  # bump when FEClip.pre_tap_tokens / ClipBackbone.embed change what they compute
@@ -61,16 +61,11 @@ class FEClipMethod(Method):
 
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
-        """The backbone name, the taps against its block count and the input size against its patch size,
-        read from the open_clip model config (no model is built)."""
+        """The backbone name, the taps against its block count and the input size against its patch size
+        (whole patches only), read from the open_clip model config (no model is built)."""
         vision = backbone_config(cfg.backbone.name)["vision_cfg"]
         resolve_taps(feclip_config(cfg).taps, cfg.model.n_taps, vision["layers"])
-        patch = vision["patch_size"]
-        if min(cfg.backbone.input_size) < patch:
-            raise HeadError(
-                f"backbone.input_size={list(cfg.backbone.input_size)} is smaller than one {patch}-pixel "
-                f"patch of {cfg.backbone.name}; expected both sides >= {patch}"
-            )
+        patch_grid(cfg.backbone.input_size, vision["patch_size"], cfg.backbone.name, "backbone.input_size")
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> FEClipMethod:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from feclip.methods.base import Method, MethodOutput
 from feclip.methods.winclip.model import WinClip, WinClipError, harmonic_aggregation
-from feclip.model.backbone import ClipBackbone, backbone_config
+from feclip.model.backbone import ClipBackbone, backbone_config, patch_grid
 from feclip.model.build import build_backbone, prompt_lists
 from feclip.model.prompts import text_features
 
@@ -49,7 +49,9 @@ class WinClipMethod(Method):
 
     @classmethod
     def validate(cls, cfg: DictConfig) -> None:
-        backbone_config(cfg.backbone.name)
+        """The backbone name and the input size against its patch size (whole patches only)."""
+        patch = backbone_config(cfg.backbone.name)["vision_cfg"]["patch_size"]
+        patch_grid(cfg.backbone.input_size, patch, cfg.backbone.name, "backbone.input_size")
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> WinClipMethod:
