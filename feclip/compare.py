@@ -15,7 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from feclip.cli import guard
 from feclip.errors import FeclipError
+from feclip.files import write_text
 from feclip.tracking.report import comparison, comparison_lines, folder_runs, same_images
 
 
@@ -31,26 +33,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        missing = [str(f) for f in args.folders if not f.is_dir()]
-        if missing:
-            raise FeclipError(f"{', '.join(missing)}: no such folder; expected sweep or job folders")
-        runs = folder_runs(*args.folders)
-        if args.domain is not None:
-            runs = runs[runs["domain"] == args.domain]
-        runs, left_out = same_images(runs)
-        table = comparison(runs, args.metric, args.baseline, part=args.part, n=args.bootstrap)
-    except FeclipError as error:
-        print(f"feclip compare: error: {error}", file=sys.stderr)
-        return 2
+def _compare(args: argparse.Namespace) -> None:
+    missing = [str(f) for f in args.folders if not f.is_dir()]
+    if missing:
+        raise FeclipError(f"{', '.join(missing)}: no such folder; expected sweep or job folders")
+    runs = folder_runs(*args.folders)
+    if args.domain is not None:
+        runs = runs[runs["domain"] == args.domain]
+    runs, left_out = same_images(runs)
+    table = comparison(runs, args.metric, args.baseline, part=args.part, n=args.bootstrap)
     for line in left_out:
-        print(f"feclip compare: {line}", file=sys.stderr)
+        print(f"feclip.compare: note: {line}", file=sys.stderr)
     print("\n".join(comparison_lines(table, args.part)))
     if args.out is not None:
-        table.to_csv(args.out, index=False)
-    return 0
+        write_text(args.out, table.to_csv(index=False))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return guard(lambda: _compare(args), "feclip.compare")
 
 
 if __name__ == "__main__":
