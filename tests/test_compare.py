@@ -98,7 +98,7 @@ def test_a_run_of_another_split_is_left_out_with_one_line(study):
 
 def test_the_compare_command_pairs_the_runs_from_their_folders(study, tmp_path):
     out = tmp_path / "delta.csv"
-    args = [str(study["sweep"]), str(study["tmp"] / "other_split"), "--baseline", "patchcore.default"]
+    args = [str(study["sweep"]), str(study["tmp"] / "other_split"), "--baseline", "patchcore.def"]
     args += ["--metric", "acc_fa1_cold", "--domain", "C", "--bootstrap", "500", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, "-m", "feclip.compare", *args], capture_output=True, text=True, timeout=120
@@ -122,4 +122,4 @@ def test_the_compare_command_refuses_in_one_line(study):
         timeout=120,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "no runs of variant 'winclip · default'" in done.stderr
+    assert "--baseline 'winclip.default' names no variant of" in done.stderr

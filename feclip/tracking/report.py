@@ -271,12 +271,21 @@ def run_scores(runs: pd.DataFrame, part: str = "test") -> pd.DataFrame:
 
 
 def comparison(runs: pd.DataFrame, metric: str, baseline: str, *, part: str = "test", n: int = 2000):
-    """`feclip.evaluation.compare.compare_runs` of the runs' per-image scores against `baseline` (a row
-    label, `<method> · <variant>`, or `<method>.<variant>`)."""
-    labels = set(runs["variant"])
-    if baseline not in labels:
-        baseline = baseline.replace(".", " · ", 1)
-    return compare_runs(run_scores(runs, part), metric, baseline=baseline, n=n)
+    """`feclip.evaluation.compare.compare_runs` of the runs' per-image scores against `baseline`
+    (`baseline_label`)."""
+    return compare_runs(run_scores(runs, part), metric, baseline=baseline_label(runs, baseline), n=n)
+
+
+def baseline_label(runs: pd.DataFrame, baseline: str) -> str:
+    """The variant label `baseline` names: itself, `<method>.<variant>` for `<method> · <variant>`, or the one
+    label it begins (`patchcore.cpd` for a preset's long variant name); several or none is a ReportError."""
+    labels = sorted(set(runs["variant"]))
+    wanted = baseline if baseline in labels else baseline.replace(".", " · ", 1)
+    found = [label for label in labels if label == wanted] or [l for l in labels if l.startswith(wanted)]
+    if len(found) != 1:
+        which = "several" if found else "no"
+        raise ReportError(f"--baseline {baseline!r} names {which} variant of {labels}; expected one of them")
+    return found[0]
 
 
 def comparison_lines(table: pd.DataFrame, part: str = "test") -> list[str]:
