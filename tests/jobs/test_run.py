@@ -22,6 +22,7 @@ def _job(root: Path, tmp: Path, *overrides: str):
         f"data.root={root}",
         "data.synthetic.n_train=20",
         "data.synthetic.n_test=20",
+        "eval.split.refs_per_condition=5",
         "train.epochs=1",
         f"cache_dir={tmp / 'cache'}",
         "tracking.enabled=false",

@@ -85,10 +85,11 @@ def test_config_accepts_json_lists():
 @pytest.mark.parametrize(
     "options", [{"lam": 0.0}, {"adapters": False}, {"ffe": False, "lfs": False}, {"lam": 0.0, "freq": "fft"}]
 )
-@pytest.mark.parametrize("size", [(224, 224), (232, 239)])
-def test_inactive_adapters_reproduce_open_clip(backbone, text, options, size):
+def test_inactive_adapters_reproduce_open_clip(backbone, text, options):
+    """At the native grid (open_clip's encode_image takes no other; sizes that are not whole patches are
+    refused since issue 26, interpolated grids are tested against open_clip's resize in test_backbone)."""
     net = model(backbone, text, **options)
-    images = torch.randn(2, 3, *size)
+    images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         ours, out = block_outputs(backbone, lambda: net(images))
         theirs, reference = block_outputs(backbone, lambda: backbone.clip.encode_image(images))
