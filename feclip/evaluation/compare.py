@@ -237,10 +237,29 @@ def describe(row) -> str:
     )
 
 
-def _compare_one(images: Images, metric: str, runs_a, runs_b, *, n: int, seed: int, level: float) -> dict:
+def _run_seeds(pair: pd.DataFrame) -> dict[str, str]:
+    """{run: its seed} (as text), {} without a seed column."""
+    if "seed" not in pair:
+        return {}
+    return {str(run): str(seed) for run, seed in pair.groupby("run")["seed"].first().items()}
+
+
+def _by_seed(runs_a: list[str], runs_b: list[str], seeds: dict[str, str]) -> tuple[list, list, bool]:
+    """(runs_a, runs_b, paired): both sorted by seed and paired when they ran the same distinct seeds."""
+    seeds_a, seeds_b = [seeds.get(r) for r in runs_a], [seeds.get(r) for r in runs_b]
+    paired = None not in seeds_a and sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a)
+    if not paired:
+        return runs_a, runs_b, False
+    return sorted(runs_a, key=seeds.get), sorted(runs_b, key=seeds.get), True
+
+
+def _compare_one(
+    images: Images, metric: str, runs_a, runs_b, *, seeds: dict, n: int, seed: int, level: float
+) -> dict:
     rows = images.check(metric, f"compare {metric}")
     identity = np.arange(images.positive.size)[None]
     value = {run: float(images.statistic(metric, run)(identity)[0]) for run in (*runs_a, *runs_b)}
+    runs_a, runs_b, paired = _by_seed(runs_a, runs_b, seeds)
     interval = stats.hierarchical_bootstrap(
         [images.statistic(metric, run) for run in runs_a],
         [images.statistic(metric, run) for run in runs_b],
@@ -248,6 +267,7 @@ def _compare_one(images: Images, metric: str, runs_a, runs_b, *, n: int, seed: i
         n=n,
         seed=seed,
         level=level,
+        paired=paired,
     )
     single = len(runs_a) == len(runs_b) == 1
     base = float(np.mean([value[run] for run in runs_b]))
@@ -260,6 +280,7 @@ def _compare_one(images: Images, metric: str, runs_a, runs_b, *, n: int, seed: i
         "p": _single_p(images, metric, runs_a[0], runs_b[0], rows) if single else interval.p,
         "n_seeds": len(runs_a),
         "n_seeds_baseline": len(runs_b),
+        "seeds_paired": paired,
         "n_images": int(rows.sum()),
         "mdd": _mdd(images, metric, runs_a[0], runs_b[0], rows, base)
         if single
@@ -275,7 +296,8 @@ def compare_runs(
     table: the scores tables of several runs, long, with columns run, variant, seed, domain (one run = one
     seed). Images are paired by path; a variant whose runs were not scored on the baseline's paths is
     refused. Columns: variant, domain, baseline, metric, value / baseline_value (means over seeds), delta
-    (their difference), ci_lo, ci_hi (hierarchical bootstrap: seeds, then images), p (paired DeLong for AUROC
+    (their difference), ci_lo, ci_hi (hierarchical bootstrap: seeds, then images; the seeds drawn together
+    when both sides ran the same seeds, `seeds_paired`), p (paired DeLong for AUROC
     / exact McNemar for accuracy with one run each, else the hierarchical bootstrap p), p_holm (Holm over the
     table's rows), n_seeds, n_seeds_baseline, n_images, mdd (the smallest delta its test detects at 80 %
     power: from the sizes with one run each, from the hierarchical replicates' SD with several), text
@@ -295,7 +317,8 @@ def compare_runs(
             runs_a = list(dict.fromkeys(of_variant["run"].astype(str)))
             pair = in_domain[in_domain["run"].astype(str).isin(runs_a + runs_b)].astype({"run": str})
             images = Images.of(pair, f"compare {variant} vs {baseline} ({domain})")
-            result = _compare_one(images, metric, runs_a, runs_b, n=n, seed=seed, level=level)
+            seeds = _run_seeds(pair)
+            result = _compare_one(images, metric, runs_a, runs_b, seeds=seeds, n=n, seed=seed, level=level)
             rows.append(
                 {"variant": variant, "domain": domain, "baseline": baseline, "metric": metric, **result}
             )

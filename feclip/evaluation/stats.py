@@ -180,18 +180,24 @@ def hierarchical_bootstrap(
     n: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    paired: bool = False,
 ) -> Interval:
     """Mean over seeds of A minus mean over seeds of B, one statistic per seed, all seeds scored on the same
-    N images. Each replicate resamples the seeds of A and of B with replacement (independently) and the
-    images once (stratified, shared by every seed: the pairing by image is kept). `.p` is the bootstrap p.
-    Conservative where the seed spread is itself image-level noise (counted then at both levels): in the
-    tests' simulation no comparison of two seed sets of one method reaches p < 0.05."""
+    N images. Each replicate resamples the images once (stratified, shared by every seed: the pairing by
+    image is kept) and the seeds with replacement: independently for A and B, or, `paired` (stats_a[i] and
+    stats_b[i] ran with the same seed: same initialisation, validation split, ...), the same seed draws for
+    both, so a seed effect they share cancels. `.p` is the bootstrap p. Unpaired is conservative where the
+    seed spread is itself image-level noise (counted then at both levels): in the tests' simulation no
+    comparison of two seed sets of one method reaches p < 0.05."""
+    if paired and len(stats_a) != len(stats_b):
+        raise ValueError(f"paired seeds: {len(stats_a)} statistics of A, {len(stats_b)} of B")
     idx = stratified_indices(strata, n=n, seed=seed)
     rng = np.random.default_rng([seed, 1])
+    shared = rng.integers(0, len(stats_a), (len(stats_a), n)) if paired else None
 
     def seed_mean(statistics: Sequence[Statistic]) -> np.ndarray:
         values = np.stack([np.asarray(s(idx), float) for s in statistics])  # (S, R)
-        drawn = rng.integers(0, len(statistics), (len(statistics), n))  # (S, R)
+        drawn = shared if paired else rng.integers(0, len(statistics), (len(statistics), n))  # (S, R)
         return values[drawn, np.arange(n)].mean(axis=0)
 
     replicates = seed_mean(stats_a) - seed_mean(stats_b)

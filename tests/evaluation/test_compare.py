@@ -247,3 +247,24 @@ def test_metric_intervals_of_one_run():
     assert (out["auroc_ci_hi"] - out["auroc_ci_lo"]) / (2 * 1.96 * out["auroc_se"]) == pytest.approx(
         1, abs=0.2
     )
+
+
+def test_variants_run_with_the_same_seeds_are_compared_seed_by_seed():
+    """Each seed sets how well both variants separate (a shared random-init backbone); variant a adds the
+    same gain on every seed. Drawn together the seeds cancel: a narrow paired interval above 0."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 40)
+    condition = np.tile(["cold", "warm"], 40)
+    paths = [f"img{i:03d}" for i in range(80)]
+    runs = []
+    for seed, signal in enumerate((0.3, 0.9, 1.5)):
+        noise = rng.normal(0, 1.0, 80)
+        for variant, gain in (("a", 0.4), ("b", 0.0)):
+            scores = (signal + gain) * labels + noise
+            kwargs = {"labels": labels, "condition": condition, "paths": paths, "seed": seed}
+            runs.append(run_table(f"{variant}{seed}", variant, scores, **kwargs))
+    row = compare_runs(pd.concat(runs), "auroc", baseline="b", n=500).iloc[0]
+    assert bool(row.seeds_paired) and row.ci_lo > 0
+    unpaired = pd.concat(runs).assign(seed=lambda t: t["run"])  # no two runs share a seed
+    other = compare_runs(unpaired, "auroc", baseline="b", n=500).iloc[0]
+    assert not bool(other.seeds_paired) and other.ci_hi - other.ci_lo > 2 * (row.ci_hi - row.ci_lo)

@@ -250,3 +250,46 @@ def test_mdd_accuracy_paired_solves_connors_sample_size():
 def test_mdd_accuracy_unpaired_by_hand():
     expected = (Z_975 + Z_80) * (0.9 * 0.1 * (1 / 1000 + 1 / 500)) ** 0.5
     assert stats.mdd_accuracy_unpaired(0.9, 1000, 500) == pytest.approx(expected, rel=1e-6)
+
+
+def test_paired_seeds_cancel_a_seed_effect_both_variants_share():
+    """Three seeds, each moving both variants by the same large offset (shared initialisation): A is B + 2
+    points on every seed. Drawn together, the seeds cancel; drawn independently they swamp the shift."""
+    positive = np.array([0, 0, 1, 1], bool)
+    offsets = (0.0, 0.3, -0.3)
+
+    def constant(value):
+        return lambda idx: np.full(idx.shape[0], value)
+
+    a = [constant(0.52 + o) for o in offsets]
+    b = [constant(0.50 + o) for o in offsets]
+    paired = stats.hierarchical_bootstrap(a, b, positive, n=400, seed=0, paired=True)
+    assert paired.estimate == pytest.approx(0.02) and paired.lo == pytest.approx(0.02) == paired.hi
+    unpaired = stats.hierarchical_bootstrap(a, b, positive, n=400, seed=0)
+    assert unpaired.lo < 0 < unpaired.hi
+    with pytest.raises(ValueError, match="paired seeds"):
+        stats.hierarchical_bootstrap(a, b[:2], positive, n=10, seed=0, paired=True)
+
+
+def auroc_statistic(scores: np.ndarray, positive: np.ndarray):
+    return lambda idx: stats.auroc_rows(scores[idx], positive)
+
+
+def test_paired_seeds_of_two_equal_variants_are_rarely_called_different():
+    """Two variants with no true difference run with the same 3 seeds (each seed its own image noise, shared
+    by both variants, plus each variant's own): p < 0.05 in at most about the nominal share."""
+    rng = np.random.default_rng(11)
+    positive = np.arange(300) < 150
+    truth = rng.normal(size=300) + 1.5 * positive
+    called = []
+    for _ in range(40):
+        per_seed = [truth + 0.5 * rng.normal(size=300) for _ in range(3)]
+        a = [s + 0.3 * rng.normal(size=300) for s in per_seed]
+        b = [s + 0.3 * rng.normal(size=300) for s in per_seed]
+        statistics = [
+            [(lambda idx, x=x: stats.auroc_rows(x[idx], positive)) for x in side] for side in (a, b)
+        ]
+        seed = int(rng.integers(1 << 30))
+        interval = stats.hierarchical_bootstrap(*statistics, positive, n=300, seed=seed, paired=True)
+        called.append(interval.p < 0.05)
+    assert np.mean(called) <= 0.15
