@@ -14,20 +14,12 @@ import pytest
 from helpers import run_cli, small_data
 from mlflow import MlflowClient
 
+from feclip.evaluation.compare import RUN_INTERVALS
 from feclip.tracking.report import folder_runs, variant_domain_table
 
 INTERVAL_METRICS = (
-    "auroc",
-    "auroc_cold",
-    "auroc_warm",
-    "auroc_cross",
-    "acc_val",
-    "acc_val_cold",
-    "acc_val_warm",
-    "acc_fa1",
-    "acc_fa1_cold",
-    "acc_oracle",
-    "acc_oracle_cold",
+    *RUN_INTERVALS,
+    *(f"acc_{point}{suffix}" for point in ("val", "fa1") for suffix in ("", "_cold")),
 )
 
 
