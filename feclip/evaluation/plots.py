@@ -312,7 +312,8 @@ def variant_intervals(
     and domain (columns); in each panel every variant (y, the same order in every panel) at its mean (dot)
     with its 95 % interval (bar; a ring where the runs logged none). numbers: {metric: frame with columns
     variant, domain, mean, lo, hi} (`report.cell_numbers`). Each panel has its own x range: variants are
-    compared within a domain."""
+    compared within a domain. Variants that read the test labels (`NOT DEPLOYABLE` in their label) are named
+    in red."""
     if not numbers or not domains:
         raise PlotError("variant_intervals got no metrics or no domains; expected report.cell_numbers frames")
     missing = {
@@ -355,7 +356,10 @@ def variant_intervals(
                 ax.set_xticks([])
             ax.set_title(f"{metric} · {domain}", fontsize="small")
             ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].set_yticks(range(len(variants)), labels=variants, fontsize="small")
+    axes[0, 0].set_yticks(range(len(variants)), labels=variants)
     axes[0, 0].set_ylim(len(variants) - 0.5, -0.5)
+    for ax in axes[:, 0]:
+        for label in ax.get_yticklabels():
+            label.set(fontsize="small", color="tab:red" if "NOT DEPLOYABLE" in label.get_text() else "black")
     fig.supxlabel("dot: mean over the runs; bar: 95 % interval; ring: no interval logged", fontsize="small")
     return fig
