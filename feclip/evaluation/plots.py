@@ -129,7 +129,7 @@ def roc_curves(
     ax.set_aspect("equal")
     ax.set_title("ROC" + (f" (no curve for {', '.join(missing)}: one class only)" if missing else ""))
     if colours:
-        fig.legend(loc="outside right upper", fontsize="small")
+        fig.legend(loc="outside right center", fontsize="small")
     return fig
 
 
@@ -160,10 +160,18 @@ def score_histograms(
                 linestyle=style,
                 label=f"{name} (n={rows.sum()})",
             )
+    styles = ("-", "--", ":", "-.")  # thresholds that coincide stay visible
     for index, (name, value) in enumerate((thresholds or {}).items()):
-        ax.axvline(value, color=f"C{index + 4}", linestyle="-.", label=f"threshold {name} = {value:.4g}")
+        style = styles[index % len(styles)]
+        ax.axvline(
+            value,
+            color=f"C{index + 4}",
+            linestyle=style,
+            linewidth=1.5,
+            label=f"threshold {name} = {value:.4g}",
+        )
     ax.set(xlabel="anomaly score", ylabel="images", title="Score distribution by condition and label")
-    fig.legend(loc="outside right upper", fontsize="small")
+    fig.legend(loc="outside right center", fontsize="small")
     return fig
 
 

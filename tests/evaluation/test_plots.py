@@ -80,16 +80,18 @@ def _overlap(a, b) -> bool:
 @pytest.mark.parametrize("figure", ["roc", "histograms"])
 def test_legends_sit_outside_the_axes(figure):
     scores, labels, condition = _scores()
+    text = {"caption": CAPTION, "title": "C · feclip · default · random-init"}
     if figure == "roc":
         points = {"all": (0.25, 0.5), "cold": (0.0, 0.5)}
         fig = plots.roc_curves(
-            scores, labels, condition, operating_points=points, operating_label="at thr_fa1"
+            scores, labels, condition, operating_points=points, operating_label="at thr_fa1", **text
         )
     else:
-        fig = plots.score_histograms(scores, labels, condition, thresholds={"fa1 (deployable)": 0.55})
+        fig = plots.score_histograms(scores, labels, condition, thresholds={"fa1 (deployable)": 0.55}, **text)
     fig.draw_without_rendering()
     (ax,), (legend,) = fig.axes, fig.legends
     assert not _overlap(legend.get_window_extent(), ax.get_window_extent())
+    assert not _overlap(legend.get_window_extent(), fig._suptitle.get_window_extent())
     assert fig.bbox.contains(*legend.get_window_extent().p1 - 1)  # on the figure, not cut off
 
 
