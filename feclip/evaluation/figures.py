@@ -125,19 +125,20 @@ def _map_figure(scored: HDMAPData, metrics: Mapping[str, float], per_stratum: in
     point = decision_point(meta)
     picks = pick_examples(meta, per_stratum, point)
     limits = image_thresholds(meta, metrics, point) if point else None
-    images, maps = plots.as_numpy(scored.images), plots.as_numpy(scored.maps)
-    masks = None if scored.masks is None else plots.as_numpy(scored.masks)
+    chosen = scored.subset(picks["position"].to_numpy())
+    images, maps = plots.as_numpy(chosen.images), plots.as_numpy(chosen.maps)
+    masks = None if chosen.masks is None else plots.as_numpy(chosen.masks)
     examples = [
         plots.MapExample(
-            images[pick.position],
-            maps[pick.position],
+            images[i],
+            maps[i],
             column=pick.stratum,
             row=pick.rank,
             title=_decision(meta, pick, point, limits),
             colour=OUTCOME_COLOURS.get(pick.outcome, "black"),
-            fault_rows=plots.mask_rows(masks[pick.position]) if masks is not None else (),
+            fault_rows=plots.mask_rows(masks[i]) if masks is not None else (),
         )
-        for pick in picks.itertuples()
+        for i, pick in enumerate(picks.itertuples())
     ]
     if not examples:
         raise plots.PlotError("the scored part has no images; expected at least one for the map panel")

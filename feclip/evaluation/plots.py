@@ -227,17 +227,15 @@ def _mark_rows(ax, rows: tuple[int, ...]) -> None:
     ax.tick_params(axis="y", length=6, width=1.5, color=colour, left=True, right=True)
 
 
-def _draw_example(raw_ax, map_ax, example: MapExample, norm: Normalize):
+def _draw_example(raw_ax, map_ax, example: MapExample, norm: Normalize) -> None:
     """Raw image (grey, its own percentile scale) above its anomaly map (shared `norm`), square pixels,
-    nearest upscaling, fault rows ticked beside both. Returns the map artist."""
+    nearest upscaling, fault rows ticked beside both."""
     image, amap = as_numpy(example.image).astype(float), as_numpy(example.amap).astype(float)
     height, width = image.shape
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)
     low, high = raw_range(image)
     raw_ax.imshow(image, cmap=RAW_CMAP, vmin=low, vmax=high, interpolation="nearest", aspect="equal")
-    shown = map_ax.imshow(
-        amap, cmap=MAP_CMAP, norm=norm, interpolation="nearest", aspect="equal", extent=extent
-    )
+    map_ax.imshow(amap, cmap=MAP_CMAP, norm=norm, interpolation="nearest", aspect="equal", extent=extent)
     raw_ax.set_title(example.title, fontsize="small", loc="left", color=example.colour)
     p_low, p_high = (f"{p:g}" for p in RAW_PERCENTILES)
     raw_ax.set_xlabel(
@@ -250,7 +248,6 @@ def _draw_example(raw_ax, map_ax, example: MapExample, norm: Normalize):
     for ax in (raw_ax, map_ax):
         ax.set(xlim=extent[:2], ylim=extent[2:], xticks=[])
         _mark_rows(ax, example.fault_rows)
-    return shown
 
 
 def map_panel(
@@ -271,6 +268,8 @@ def map_panel(
         raise PlotError("map_panel got no examples; expected at least one image")
     if any(not (0 <= e.column < len(columns) and 0 <= e.row < n_rows) for e in examples):
         raise PlotError(f"an example lies outside the {len(columns)} columns x {n_rows} rows of the panel")
+    if len({(e.column, e.row) for e in examples}) < len(examples):
+        raise PlotError("two examples share one (column, row) slot of the map panel; expected one each")
     shapes = {(as_numpy(e.image).ndim, as_numpy(e.amap).ndim) for e in examples}
     if shapes != {(2, 2)}:
         raise PlotError("map_panel examples need image (H, W) and amap (h, w); got other dimensions")

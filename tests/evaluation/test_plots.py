@@ -176,6 +176,8 @@ def test_map_panel_rejects_bad_examples():
         plots.map_panel([], ["a"], 1)
     with pytest.raises(PlotError, match="outside"):
         plots.map_panel([_example(1, 0)], ["a"], 1)
+    with pytest.raises(PlotError, match="share one"):
+        plots.map_panel([_example(0, 0), _example(0, 0)], ["a"], 1)
     with pytest.raises(PlotError, match="dimensions"):
         plots.map_panel([plots.MapExample(np.zeros(5), np.zeros((2, 2)), 0, 0, "x")], ["a"], 1)
 
