@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from feclip.errors import FeclipError
+from feclip.evaluation.figures import write_comparison
 from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
 from feclip.tracking.report import (
     comparison,
@@ -206,8 +207,6 @@ def study(sweep_dir: Path) -> Study:
     runs.csv + comparison.png) when there is one: each study metric on the test part beside its dev part
     (`dev/<metric>`), the Δ tables of the sweep's `compare` settings, and the figure of every variant per
     domain with its interval (`figures.write_comparison`)."""
-    from feclip.evaluation.figures import write_comparison  # matplotlib: only once a sweep ends
-
     runs = folder_runs(sweep_dir)
     runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
     metrics = [
