@@ -28,7 +28,7 @@ HDMAP_METRICS = (
     "f1_max",
     "tpr_at_fpr1",
 )
-ARTIFACTS = ("config.yaml", "scores.csv", "metrics.json", "figures", "checkpoint")
+ARTIFACTS = ("config.yaml", "scores.csv", "metrics.json", "images", "checkpoint")  # figures: as images
 
 
 def check_sweep(uri: str, experiment: str, n_children: int, rows: int = 2) -> list:
@@ -41,7 +41,7 @@ def check_sweep(uri: str, experiment: str, n_children: int, rows: int = 2) -> li
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == n_children
-    check_parent_study(client, parents[0], rows)
+    check_parent_study(client, parents[0])
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -49,7 +49,7 @@ def check_sweep(uri: str, experiment: str, n_children: int, rows: int = 2) -> li
         assert set(HDMAP_METRICS) <= set(child.data.metrics), set(HDMAP_METRICS) - set(child.data.metrics)
         assert ("train_total" in child.data.metrics) == (child.data.tags["method"] == "feclip")
         logged = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert set(ARTIFACTS) <= logged, set(ARTIFACTS) - logged
+        assert set(ARTIFACTS) <= logged and "figures" not in logged, logged  # each figure once
         assert child.info.run_name.startswith(child.data.tags["domain"])
     table = variant_domain_table(collect_runs(uri, experiment), "auroc")
     body = table.loc[[r for r in table.index if not r.startswith("anchor")], ["A", "C"]]
@@ -57,14 +57,15 @@ def check_sweep(uri: str, experiment: str, n_children: int, rows: int = 2) -> li
     return children
 
 
-def check_parent_study(client, parent, rows: int) -> None:
-    """The parent carries the study: report tables (md + csv), multirun.yaml, per-variant means, commit."""
+def check_parent_study(client, parent) -> None:
+    """The parent carries the study: report tables (md + csv) and the comparison figure, multirun.yaml, the
+    commit; no metrics of its own (the children carry them)."""
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report", "multirun.yaml"} <= logged, logged
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.md", "report/auroc.csv", "report/runs.csv"} <= report, report
-    means = [k for k in parent.data.metrics if k.startswith("auroc_mean/")]
-    assert len(means) == rows, parent.data.metrics
+    expected = {"report/report.md", "report/auroc.csv", "report/runs.csv", "report/comparison.png"}
+    assert expected <= report, report
+    assert parent.data.metrics == {}, parent.data.metrics
     assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
 
 

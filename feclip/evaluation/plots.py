@@ -1,24 +1,32 @@
-"""Figures of one HDMAP run: ROC curves (all, cold, warm, cross), score histograms, anomaly maps.
+"""Figures of HDMAP runs: ROC curves (all, cold, warm, cross) with the deployable operating points, score
+histograms with the thresholds, the stratified anomaly-map panel, and a sweep's variant x domain intervals.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot (no global figure state, Agg canvas)
 and saves nothing; the caller saves (`fig.savefig(path)`). Every function takes `title` (e.g. "C · fft ·
 random-init") and `caption` (e.g. "random-init backbone: numbers test the pipeline, not FE-CLIP"), shown
-together as the suptitle. Inputs may be numpy arrays or torch tensors (any device).
+together as the suptitle. Legends sit outside the axes, never over the data. Inputs may be numpy arrays or
+torch tensors (any device).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from feclip.errors import FeclipError
 from feclip.evaluation.metrics import roc_curve
 
-PANEL_INCHES = 3.0  # the longer side of one map panel
+PANEL_INCHES = 3.3  # the width of one 31 x 95 map panel: 3.8 screen pixels per map pixel at 110 dpi
+RAW_PERCENTILES = (1.0, 99.0)  # the grey scale of each raw image: its own percentiles (low-contrast HDMAP)
+RAW_CMAP, MAP_CMAP = "gray", "magma"  # maps: perceptually uniform, one scale for the whole figure
+FAULT_ROW_COLOUR = "tab:red"
 GROUP_STYLE = {  # (condition, label) -> (legend name, colour, line style)
     ("cold", 0): ("cold good", "tab:blue", "-"),
     ("warm", 0): ("warm good", "tab:cyan", "--"),
@@ -31,7 +39,8 @@ class PlotError(FeclipError):
     """Inputs of a figure are inconsistent; the message names the argument and the expected shape."""
 
 
-def _numpy(values) -> np.ndarray:
+def as_numpy(values) -> np.ndarray:
+    """`values` as a numpy array (a torch tensor, on any device, as float32)."""
     if hasattr(values, "detach"):
         values = values.detach().float().cpu().numpy()
     return np.asarray(values)
@@ -39,7 +48,11 @@ def _numpy(values) -> np.ndarray:
 
 def _score_inputs(scores, labels, condition) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scores (N,) float, labels (N,) int {0, 1}, condition (N,) str; one-line error on mismatch."""
-    scores, labels, condition = _numpy(scores).astype(float), _numpy(labels).astype(int), _numpy(condition)
+    scores, labels, condition = (
+        as_numpy(scores).astype(float),
+        as_numpy(labels).astype(int),
+        as_numpy(condition),
+    )
     if not (
         scores.ndim == labels.ndim == condition.ndim == 1 and len(scores) == len(labels) == len(condition)
     ):
@@ -75,27 +88,48 @@ def roc_subsets(labels: np.ndarray, condition: np.ndarray) -> dict[str, np.ndarr
     }
 
 
-def roc_curves(scores, labels, condition, caption: str = "", title: str = "") -> Figure:
+def roc_curves(
+    scores,
+    labels,
+    condition,
+    caption: str = "",
+    title: str = "",
+    operating_points: Mapping[str, tuple[float, float]] | None = None,
+    operating_label: str = "",
+) -> Figure:
     """ROC of all test images, cold (fault vs good), warm and cross (cold fault vs warm good), AUROC and n in
-    the legend, + the unlabelled chance line.
+    the legend (right of the axes), + the unlabelled chance line.
 
     scores (N,), labels (N,) 0 good / 1 fault, condition (N,) 'cold' | 'warm'. A subset without both classes
-    is left out and named in the axes title."""
+    is left out and named in the axes title. operating_points: {subset: (false-alarm rate, detection rate)}
+    at one threshold (e.g. thr_fa1), a ring on that subset's curve, named `operating_label` in the legend."""
     scores, labels, condition = _score_inputs(scores, labels, condition)
-    fig = _figure(5, 4.5, caption, title)
+    fig = _figure(6.9, 4.5, caption, title)
     ax = fig.add_subplot()
-    missing = []
+    missing, colours = [], {}
     for name, rows in roc_subsets(labels, condition).items():
         fpr, tpr, auroc = roc_curve(scores[rows], labels[rows])
         if math.isnan(auroc):
             missing.append(name)
             continue
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * auroc:.1f}, n={rows.sum()})")
+        (line,) = ax.plot(fpr, tpr, label=f"{name} (AUROC {100 * auroc:.1f}, n={rows.sum()})")
+        colours[name] = line.get_color()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="_chance")
+    ring = {"marker": "o", "markersize": 9, "markerfacecolor": "none", "markeredgewidth": 2, "linestyle": ""}
+    points = [
+        (name, point)
+        for name, point in (operating_points or {}).items()
+        if name in colours and np.isfinite(point).all()
+    ]
+    for name, (fpr, tpr) in points:
+        ax.plot(fpr, tpr, color=colours[name], clip_on=False, label="_point", **ring)
+    if points and operating_label:
+        ax.plot([], [], color="black", label=operating_label, **ring)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_aspect("equal")
     ax.set_title("ROC" + (f" (no curve for {', '.join(missing)}: one class only)" if missing else ""))
-    if len(ax.lines) > 1:
-        ax.legend(loc="lower right", fontsize="small")
+    if colours:
+        fig.legend(loc="outside right center", fontsize="small")
     return fig
 
 
@@ -109,9 +143,10 @@ def score_histograms(
     title: str = "",
 ) -> Figure:
     """Score histograms of cold/warm x good/fault on shared bins, one vertical line per named threshold
-    (e.g. {"oracle": 0.53, "val": 0.61}). scores (N,), labels (N,), condition (N,) as in `roc_curves`."""
+    (e.g. {"fa1 (deployable)": 0.58, "val": 0.61}), the legend right of the axes. scores (N,), labels (N,),
+    condition (N,) as in `roc_curves`."""
     scores, labels, condition = _score_inputs(scores, labels, condition)
-    fig = _figure(6.5, 4, caption, title)
+    fig = _figure(8.5, 4, caption, title)
     ax = fig.add_subplot()
     edges = np.histogram_bin_edges(scores, bins=bins)
     for (cond, label), (name, colour, style) in GROUP_STYLE.items():
@@ -125,95 +160,213 @@ def score_histograms(
                 linestyle=style,
                 label=f"{name} (n={rows.sum()})",
             )
+    styles = ("-", "--", ":", "-.")  # thresholds that coincide stay visible
     for index, (name, value) in enumerate((thresholds or {}).items()):
-        ax.axvline(value, color=f"C{index + 4}", linestyle="-.", label=f"threshold {name} = {value:.4g}")
+        style = styles[index % len(styles)]
+        ax.axvline(
+            value,
+            color=f"C{index + 4}",
+            linestyle=style,
+            linewidth=1.5,
+            label=f"threshold {name} = {value:.4g}",
+        )
     ax.set(xlabel="anomaly score", ylabel="images", title="Score distribution by condition and label")
-    ax.legend(fontsize="small")
+    fig.legend(loc="outside right center", fontsize="small")
     return fig
 
 
-def _map_inputs(images, maps, titles, masks, fault_rows) -> tuple:
-    """images (N, H, W), maps (N, h, w), masks (N, H, W) or None, fault_rows (N,) or None as numpy; one-line
-    error on mismatch."""
-    images, maps = _numpy(images).astype(float), _numpy(maps).astype(float)
-    if images.ndim != 3 or maps.ndim != 3 or len(images) != len(maps) or len(titles) != len(images):
-        raise PlotError(
-            f"images {images.shape}, maps {maps.shape}, {len(titles)} titles: "
-            "expected (N, H, W), (N, h, w) and N titles"
-        )
-    if len(images) == 0:
-        raise PlotError("anomaly_map_grid got no images; expected at least one")
-    if masks is not None:
-        masks = _numpy(masks).astype(float)
-        if masks.shape != images.shape:
-            raise PlotError(f"masks {masks.shape}: expected the images' shape {images.shape}")
-    if fault_rows is not None:
-        fault_rows = _numpy(fault_rows).astype(int)
-        if fault_rows.shape != (len(images),):
-            raise PlotError(f"fault_rows {fault_rows.shape}: expected ({len(images)},), -1 where unknown")
-    return images, maps, masks, fault_rows
+# ------------------------------------------------------------------------------------------ map panel
 
 
-def _outline(ax, mask: np.ndarray | None, row: int | None) -> None:
-    """The ground-truth mask (H, W) outlined at 0.5 when it has a fault pixel, else the fault row (>= 0)."""
-    if mask is not None and mask.any():
-        ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
-    elif row is not None and row >= 0:
-        ax.axhline(row, color="lime", linestyle="--", linewidth=0.8, alpha=0.8)
+@dataclass(frozen=True)
+class MapExample:
+    """One image of the map panel at (`column`, `row`): raw `image` (H, W) over its anomaly `amap` (h, w;
+    drawn on the image's pixel grid), `title` (the decision, in `colour`) and the `fault_rows` (rows of the
+    ground-truth mask, marked by ticks beside both panels)."""
+
+    image: np.ndarray
+    amap: np.ndarray
+    column: int
+    row: int
+    title: str
+    colour: str = "black"
+    fault_rows: tuple[int, ...] = ()
 
 
-def _draw_pair(axes, image, amap, mask, row, image_range, map_range):
-    """Raw image (H, W) | image + map (h, w) stretched to the image's pixel grid at alpha 0.5, both outlined;
-    square pixels. Returns (image artist, map artist)."""
+def mask_rows(mask) -> tuple[int, ...]:
+    """The rows of a mask (H, W) with any fault pixel, ascending."""
+    return tuple(int(r) for r in np.flatnonzero(np.asarray(as_numpy(mask)).any(axis=1)))
+
+
+def raw_range(image: np.ndarray) -> tuple[float, float]:
+    """The grey scale of one raw image (H, W): its `RAW_PERCENTILES` (HDMAP is low-contrast; values outside
+    show as black / white, and the panel says the scale and the full range)."""
+    low, high = np.percentile(image, RAW_PERCENTILES)
+    return float(low), float(high)
+
+
+def map_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+    """One colour scale for every anomaly map of a figure: their joint minimum and maximum (none clipped)."""
+    low = min(float(np.min(m)) for m in maps)
+    high = max(float(np.max(m)) for m in maps)
+    return (low, high) if high > low else (low - 0.5, low + 0.5)
+
+
+def _row_label(rows: tuple[int, ...]) -> str:
+    """'5', '4–6' (a band) or '4, 9'."""
+    if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1:
+        return f"{rows[0]}–{rows[-1]}"
+    return ", ".join(map(str, rows))
+
+
+def _mark_rows(ax, rows: tuple[int, ...]) -> None:
+    """Ticks beside the image (left and right, outside) at the fault `rows`; the image itself stays clear. A
+    panel without fault rows gets one invisible tick, so that every panel keeps the same size."""
+    ax.set_yticks(rows or (0,), labels=[""] * max(len(rows), 1))
+    colour = FAULT_ROW_COLOUR if rows else "none"
+    ax.tick_params(axis="y", length=6, width=1.5, color=colour, left=True, right=True)
+
+
+def _draw_example(raw_ax, map_ax, example: MapExample, norm: Normalize) -> None:
+    """Raw image (grey, its own percentile scale) above its anomaly map (shared `norm`), square pixels,
+    nearest upscaling, fault rows ticked beside both."""
+    image, amap = as_numpy(example.image).astype(float), as_numpy(example.amap).astype(float)
     height, width = image.shape
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)
-    shown_image = axes[0].imshow(image, cmap="gray", aspect="equal", **image_range)
-    axes[1].imshow(image, cmap="gray", aspect="equal", **image_range)
-    shown_map = axes[1].imshow(amap, cmap="jet", alpha=0.5, aspect="equal", extent=extent, **map_range)
-    for ax in axes:
-        _outline(ax, mask, row)
-        ax.set(xlim=extent[:2], ylim=extent[2:], xticks=[], yticks=[])
-    return shown_image, shown_map
+    low, high = raw_range(image)
+    raw_ax.imshow(image, cmap=RAW_CMAP, vmin=low, vmax=high, interpolation="nearest", aspect="equal")
+    map_ax.imshow(amap, cmap=MAP_CMAP, norm=norm, interpolation="nearest", aspect="equal", extent=extent)
+    raw_ax.set_title(example.title, fontsize="small", loc="left", color=example.colour)
+    p_low, p_high = (f"{p:g}" for p in RAW_PERCENTILES)
+    raw_ax.set_xlabel(
+        f"raw: grey = p{p_low}–p{p_high} {low:.2g}–{high:.2g} (range {image.min():.2g}–{image.max():.2g})",
+        fontsize="x-small",
+        loc="left",
+    )
+    fault = f"; fault rows {_row_label(example.fault_rows)} (red ticks)" if example.fault_rows else ""
+    map_ax.set_xlabel(f"map: {amap.min():.3g}–{amap.max():.3g}{fault}", fontsize="x-small", loc="left")
+    for ax in (raw_ax, map_ax):
+        ax.set(xlim=extent[:2], ylim=extent[2:], xticks=[])
+        _mark_rows(ax, example.fault_rows)
 
 
-def anomaly_map_grid(
-    images,
-    maps,
-    titles: Sequence[str],
-    ncols: int = 2,
+def map_panel(
+    examples: Sequence[MapExample],
+    columns: Sequence[str],
+    n_rows: int,
     caption: str = "",
     title: str = "",
-    masks=None,
-    fault_rows=None,
+    note: str = "",
+    map_label: str = "anomaly map",
 ) -> Figure:
-    """Each raw image (N, H, W) beside its anomaly map (N, h, w) laid semi-transparently over it, in the given
-    order, `ncols` pairs per row, square pixels (figure size from H, W). The ground-truth masks (N, H, W) are
-    outlined at 0.5 where given, else the fault rows (N,) int (-1 unknown) are marked.
-
-    Images share one colour scale (raw values, never clipped: cold and warm stay comparable) and so do the
-    maps; one colour bar each. Axes: 2 N panels + 2 colour bars."""
-    images, maps, masks, fault_rows = _map_inputs(images, maps, titles, masks, fault_rows)
-    (n_images, height, width), ncols = images.shape, min(ncols, len(images))
-    n_rows, inches = math.ceil(n_images / ncols), PANEL_INCHES / max(height, width)
-    suptitle_lines = sum(1 for part in (title, caption) if part)
+    """The stratified map panel: one column per stratum (`columns`: their headers), `n_rows` examples each, an
+    example = its raw image above its anomaly map. Raw images: each on its own percentile grey scale (said
+    under it); maps: one perceptual colour scale for the whole figure (one colour bar, nothing clipped);
+    square pixels, nearest upscaling; fault rows ticked beside the images. An empty slot says so. `note`: one
+    line under the panel (how the examples were picked). Axes: 2 per slot + the colour bar."""
+    if not examples:
+        raise PlotError("map_panel got no examples; expected at least one image")
+    if any(not (0 <= e.column < len(columns) and 0 <= e.row < n_rows) for e in examples):
+        raise PlotError(f"an example lies outside the {len(columns)} columns x {n_rows} rows of the panel")
+    if len({(e.column, e.row) for e in examples}) < len(examples):
+        raise PlotError("two examples share one (column, row) slot of the map panel; expected one each")
+    shapes = {(as_numpy(e.image).ndim, as_numpy(e.amap).ndim) for e in examples}
+    if shapes != {(2, 2)}:
+        raise PlotError("map_panel examples need image (H, W) and amap (h, w); got other dimensions")
+    height, width = as_numpy(examples[0].image).shape
+    panel_height = PANEL_INCHES * height / width
+    lines = sum(1 for part in (title, caption) if part) + bool(note)
     fig = _figure(
-        2 * ncols * (width * inches + 0.15) + 1.8,
-        n_rows * (height * inches + 0.35) + 0.2 + 0.3 * suptitle_lines,
+        len(columns) * (PANEL_INCHES + 0.45) + 1.0,
+        n_rows * (2 * panel_height + 0.95) + 0.45 + 0.25 * lines,
         caption,
         title,
     )
-    axes = fig.subplots(n_rows, 2 * ncols, squeeze=False).reshape(-1, 2)
-    ranges = [{"vmin": values.min(), "vmax": values.max()} for values in (images, maps)]
-    for i, name in enumerate(titles):
-        mask = None if masks is None else masks[i]
-        row = None if fault_rows is None else int(fault_rows[i])
-        shown = _draw_pair(axes[i], images[i], maps[i], mask, row, *ranges)
-        axes[i, 0].set_title(name, fontsize="small", loc="left")
-        axes[i, 1].set_title("anomaly map", fontsize="small", loc="left")
-    for ax in axes[n_images:].ravel():
-        fig.delaxes(ax)
-    panels = list(axes[:n_images].ravel())
-    fig.colorbar(shown[0], ax=panels, label="raw value (images)", shrink=0.9)
-    opaque = ScalarMappable(norm=shown[1].norm, cmap=shown[1].get_cmap())
-    fig.colorbar(opaque, ax=panels, label="anomaly map", shrink=0.9)
+    figures = fig.subfigures(1, len(columns) + 1, width_ratios=[PANEL_INCHES + 0.45] * len(columns) + [1.0])
+    norm = Normalize(*map_range([as_numpy(e.amap) for e in examples]))
+    slots = {}
+    for column, (header, sub) in enumerate(zip(columns, figures[:-1], strict=True)):
+        sub.suptitle(header, fontsize="medium")
+        axes = sub.subplots(2 * n_rows, 1, squeeze=False)[:, 0]
+        for row in range(n_rows):
+            slots[column, row] = axes[2 * row], axes[2 * row + 1]
+    for example in examples:
+        _draw_example(*slots.pop((example.column, example.row)), example, norm)
+    for raw_ax, map_ax in slots.values():
+        raw_ax.set_axis_off()
+        map_ax.set_axis_off()
+        raw_ax.text(0.5, 0.0, "no image", ha="center", va="center", transform=raw_ax.transAxes, color="grey")
+    bar = figures[-1]
+    cax = bar.add_axes((0.15, 0.1, 0.22, 0.8))
+    bar.colorbar(
+        ScalarMappable(norm=norm, cmap=MAP_CMAP), cax=cax, label=f"{map_label} (one scale, every map)"
+    )
+    if note:
+        fig.supxlabel(note, fontsize="small")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ a sweep
+
+
+def variant_intervals(
+    numbers: Mapping[str, pd.DataFrame],
+    domains: Sequence[str],
+    caption: str = "",
+    title: str = "",
+) -> Figure:
+    """A sweep's variants side by side: one panel per metric (rows, the `numbers` keys, e.g. "auroc (x100)")
+    and domain (columns); in each panel every variant (y, the same order in every panel) at its mean (dot)
+    with its 95 % interval (bar; a ring where the runs logged none). numbers: {metric: frame with columns
+    variant, domain, mean, lo, hi} (`report.cell_numbers`). Each panel has its own x range: variants are
+    compared within a domain. Variants that read the test labels (`NOT DEPLOYABLE` in their label) are named
+    in red."""
+    if not numbers or not domains:
+        raise PlotError("variant_intervals got no metrics or no domains; expected report.cell_numbers frames")
+    missing = {
+        name: {"variant", "domain", "mean", "lo", "hi"} - set(frame.columns)
+        for name, frame in numbers.items()
+    }
+    if any(missing.values()):
+        raise PlotError(
+            f"variant_intervals: numbers lack columns {missing}; expected report.cell_numbers frames"
+        )
+    variants = sorted({v for frame in numbers.values() for v in frame["variant"]})
+    position = {variant: index for index, variant in enumerate(variants)}
+    fig = _figure(
+        2.2 * len(domains) + 0.12 * max(map(len, variants)) + 0.5,
+        len(numbers) * (0.3 * len(variants) + 0.9) + 0.6,
+        caption,
+        title,
+    )
+    axes = fig.subplots(len(numbers), len(domains), squeeze=False, sharey=True)
+    for row, (metric, frame) in enumerate(numbers.items()):
+        for column, domain in enumerate(domains):
+            ax = axes[row, column]
+            cells = frame[frame["domain"] == domain]
+            for cell in cells.itertuples():
+                y, interval = position[cell.variant], (cell.lo, cell.hi)
+                if all(np.isfinite(interval)):
+                    ax.errorbar(
+                        cell.mean,
+                        y,
+                        xerr=[[cell.mean - cell.lo], [cell.hi - cell.mean]],
+                        fmt="o",
+                        color="tab:blue",
+                        capsize=3,
+                        markersize=5,
+                    )
+                else:
+                    ax.plot(cell.mean, y, "o", color="tab:blue", markerfacecolor="none", markersize=6)
+            if cells.empty:
+                ax.text(0.5, 0.5, "no run", ha="center", va="center", transform=ax.transAxes, color="grey")
+                ax.set_xticks([])
+            ax.set_title(f"{metric} · {domain}", fontsize="small")
+            ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(variants)), labels=variants)
+    axes[0, 0].set_ylim(len(variants) - 0.5, -0.5)
+    for ax in axes[:, 0]:
+        for label in ax.get_yticklabels():
+            label.set(fontsize="small", color="tab:red" if "NOT DEPLOYABLE" in label.get_text() else "black")
+    fig.supxlabel("dot: mean over the runs; bar: 95 % interval; ring: no interval logged", fontsize="small")
     return fig

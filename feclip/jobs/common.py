@@ -185,7 +185,12 @@ class JobRecord:
         self.tracker.log_input(name, digest, source, context=context, profile=profile)
 
     def log_images(self, paths: list[Path]) -> None:
-        """Figures as MLflow images keyed by file stem (compared side by side across runs)."""
+        """Figures (files in the job folder) as MLflow images keyed by file stem, compared side by side across
+        runs. run.json lists them (`images`): the folder upload and `sync` send each file once, as its image,
+        never again as an artifact."""
+        listed = read_json(self.folder / RUN_FILE).get("images", [])
+        relative = [Path(path).relative_to(self.folder).as_posix() for path in paths]
+        update_run(self.folder, images=sorted({*listed, *relative}))
         for path in paths:
             self.tracker.log_image(path, key=Path(path).stem)
 
@@ -259,15 +264,26 @@ def closing_block(
 
 
 def upload_folder(tracker: tracking.Tracker, folder: Path) -> None:
-    """The job folder's files as the run's artifacts, without the earlier attempts archived there."""
-    if not (folder / ATTEMPTS_DIR).exists():
-        tracker.log_artifacts(folder)
+    """The job folder's files as the run's artifacts, each once: without the earlier attempts archived there
+    and the files logged as images (run.json `images`)."""
+    images = read_json(folder / RUN_FILE).get("images", []) if (folder / RUN_FILE).exists() else []
+    skipped = {path for path in (folder / ATTEMPTS_DIR, *(folder / p for p in images)) if path.exists()}
+    _upload(tracker, folder, None, skipped)
+
+
+def _upload(tracker: tracking.Tracker, directory: Path, artifact_path: str | None, skipped: set) -> None:
+    """`directory` into `artifact_path` in one call, or entry by entry around the `skipped` paths in it."""
+    if not any(path.is_relative_to(directory) for path in skipped):
+        tracker.log_artifacts(directory, artifact_path)
         return
-    for entry in sorted(p for p in folder.iterdir() if p.name != ATTEMPTS_DIR):
+    for entry in sorted(directory.iterdir()):
+        inner = entry.name if artifact_path is None else f"{artifact_path}/{entry.name}"
+        if entry in skipped:
+            continue
         if entry.is_dir():
-            tracker.log_artifacts(entry, entry.name)
+            _upload(tracker, entry, inner, skipped)
         else:
-            tracker.log_artifact(entry)
+            tracker.log_artifact(entry, artifact_path)
 
 
 def tracked_job(

@@ -11,7 +11,6 @@ import functools
 import json
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from feclip.errors import FeclipError
+from feclip.evaluation.figures import write_comparison
 from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
 from feclip.tracking.report import (
     comparison,
@@ -31,7 +31,7 @@ from feclip.tracking.report import (
     variant_domain_table,
     write_report,
 )
-from feclip.tracking.tracker import MAX_TAG_LENGTH, client_for, experiment_id, param_key, truncate
+from feclip.tracking.tracker import MAX_TAG_LENGTH, client_for, experiment_id, truncate
 from feclip.tracking.uris import (
     TrackingError,
     check_tracking_uri,
@@ -204,8 +204,9 @@ class Study:
 
 def study(sweep_dir: Path) -> Study:
     """The study of the sweep's job folders, written to `<sweep dir>/report` (report.md + one CSV per metric +
-    runs.csv) when there is one: each study metric on the test part beside its dev part (`dev/<metric>`),
-    and the Δ tables of the sweep's `compare` settings."""
+    runs.csv + comparison.png) when there is one: each study metric on the test part beside its dev part
+    (`dev/<metric>`), the Δ tables of the sweep's `compare` settings, and the figure of every variant per
+    domain with its interval (`figures.write_comparison`)."""
     runs = folder_runs(sweep_dir)
     runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
     metrics = [
@@ -220,6 +221,7 @@ def study(sweep_dir: Path) -> Study:
     for table in tables.values():
         table.attrs["experiment"] = sweep_id_for(sweep_dir)
     write_report(tables, Path(sweep_dir) / REPORT_DIR, runs, comparisons(sweep_dir, runs))
+    write_comparison(Path(sweep_dir) / REPORT_DIR, tables)
     return Study(tables, runs)
 
 
@@ -244,17 +246,6 @@ def comparisons(sweep_dir: Path, runs: pd.DataFrame) -> list[pd.DataFrame]:
         except FeclipError as error:
             print(f"feclip: no Δ table for {metric}: {error}", file=sys.stderr)
     return tables
-
-
-def variant_means(runs) -> dict[str, float]:
-    """`<metric>_mean/<method>.<variant>`: each variant's metric averaged over its domains (seeds first),
-    for the parent run's chart view."""
-    means = {}
-    for metric in (m for m in STUDY_METRICS if m in runs.columns):
-        per_domain = runs.groupby(["variant", "domain"])[metric].mean().groupby("variant").mean()
-        for row, value in per_domain.dropna().items():
-            means[param_key(f"{metric}_mean/{row.replace(' · ', '.')}")] = float(value)
-    return means
 
 
 @dataclass
@@ -299,7 +290,7 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     outcome = sweep_outcome(Path(sweep_dir))
     LAST_SWEEP[:] = [outcome]
     found = study(Path(sweep_dir))
-    status, url = end_parent_run(sweep_dir, outcome, found, aborted=aborted)
+    status, url = end_parent_run(sweep_dir, outcome, aborted=aborted)
     counts = ", ".join(f"{n} {name.replace('_', '-')}" for name, n in outcome.counts.items() if n)
     print(
         f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}"
@@ -325,11 +316,11 @@ def study_summary(table, report_dir: Path) -> str:
 
 
 def end_parent_run(
-    sweep_dir: str | Path, outcome: SweepOutcome, found: Study | None = None, aborted: bool = False
+    sweep_dir: str | Path, outcome: SweepOutcome, aborted: bool = False
 ) -> tuple[str | None, str | None]:
     """End the sweep's parent run if it is still running: FINISHED when every job finished or was skipped
     and none is missing, else FAILED; the counts become `feclip.children_<status>` tags, the study (report
-    tables, per-variant means, multirun.yaml) its artifacts and metrics. Returns (status, UI address). A
+    tables and figure, multirun.yaml) its artifacts. Returns (status, UI address). A
     store that cannot be reached is reported in one line (the job folders keep everything for `sync`)."""
     path = parent_file(sweep_dir)
     if not path.exists():
@@ -339,7 +330,7 @@ def end_parent_run(
     try:
         with fast_http(5):
             client = client_for(uri)
-            log_study(client, record["run_id"], Path(sweep_dir), found or Study())
+            log_study(client, record["run_id"], Path(sweep_dir))
             status = close_parent(client, record["run_id"], outcome, aborted)
             url = run_url(uri, client.get_run(record["run_id"]).info.experiment_id, record["run_id"])
     except Exception as error:  # the store may be gone: the sweep's results are in its folders
@@ -352,20 +343,16 @@ def end_parent_run(
     return status, url + (f"  (serve the UI first: {command})" if command else "")
 
 
-def log_study(client, run_id: str, sweep_dir: Path, found: Study) -> None:
-    """The parent run carries the study: report tables, per-variant means, the sweep's multirun.yaml."""
+def log_study(client, run_id: str, sweep_dir: Path) -> None:
+    """The parent run carries the study, each file once: the report folder (tables, comparison.png) and the
+    sweep's multirun.yaml. It logs no metrics: MLflow's charts compare runs, and the children carry theirs
+    (group them by tags.variant and tags.domain for one bar per variant x domain)."""
     if client.get_run(run_id).info.status != "RUNNING":
         return
     if (sweep_dir / REPORT_DIR).is_dir():
         client.log_artifacts(run_id, str(sweep_dir / REPORT_DIR), REPORT_DIR)
     if (sweep_dir / "multirun.yaml").exists():
         client.log_artifact(run_id, str(sweep_dir / "multirun.yaml"))
-    if found.runs is not None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in variant_means(found.runs).items()]
-        client.log_batch(run_id, metrics=metrics)
 
 
 def close_parent(client, run_id: str, outcome: SweepOutcome, aborted: bool) -> str | None:

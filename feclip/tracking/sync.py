@@ -11,6 +11,7 @@ key, tag `feclip.sweep_key`, or created) and every job under it, nested.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -90,11 +91,27 @@ def _log_missing_metrics(client, run, folder: Path, timestamp: int) -> None:
         client.set_tag(run_id, NONFINITE_TAG, truncate(",".join(undefined), MAX_TAG_LENGTH))
 
 
+def _image_keys(present: set[str]) -> set[str]:
+    """The keys of the run's logged images (`images/<key>+step+...`, older MLflow `%step%`)."""
+    return {re.split(r"[+%]step[+%]", Path(p).name)[0] for p in present if p.startswith("images/")}
+
+
 def _log_missing_artifacts(client, run_id: str, folder: Path) -> None:
+    """The folder's files the run lacks, each once: those run.json lists as `images` as MLflow images keyed
+    by file stem (as the job logs them), the others as artifacts; never the archived earlier attempts."""
     present = _artifact_paths(client, run_id)
+    images, keys = set(read_json(folder / RUN_FILE).get("images", [])), _image_keys(present)
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         relative = path.relative_to(folder)
-        if relative.parts[0] != ATTEMPTS_DIR and str(relative) not in present:
+        if relative.parts[0] == ATTEMPTS_DIR:
+            continue
+        if relative.as_posix() in images:
+            if path.stem not in keys:
+                from PIL import Image
+
+                with Image.open(path) as image:
+                    client.log_image(run_id, image.copy(), key=path.stem)
+        elif str(relative) not in present:
             parent = str(relative.parent) if str(relative.parent) != "." else None
             client.log_artifact(run_id, str(path), parent)
 

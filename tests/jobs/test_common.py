@@ -1,5 +1,5 @@
 """The record every job writes: valid JSON with undefined metrics as null and their reasons, the random-init
-and deployable flags; metric warnings are collected without being hidden."""
+and deployable flags; metric warnings are collected without being hidden; each figure reaches the run once."""
 
 import json
 import math
@@ -46,3 +46,43 @@ def test_a_run_that_reads_test_labels_says_so_in_metrics_json_and_its_closing_bl
     assert "NOT DEPLOYABLE: gating=oracle routes each image by its test condition" in closing
     record.mark_deployable([])
     assert read_json(tmp_path / RUN_FILE)["tags"]["deployable"] == "true"
+
+
+def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _artifact_files(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+def test_each_figure_reaches_the_run_once_as_its_image_also_after_a_sync(tmp_path):
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from feclip.jobs.common import upload_folder
+    from feclip.tracking.sync import sync
+
+    folder = tmp_path / "job"
+    (folder / "figures").mkdir(parents=True)
+    Image.new("RGB", (40, 20), "white").save(folder / "figures" / "roc.png")
+    (folder / "figures" / "notes.txt").write_text("not a logged image")
+    (folder / METRICS_FILE).write_text('{"metrics": {}}')
+    (folder / "config.yaml").write_text("seed: 0\n")
+    update_run(folder, run_name="C", job_id="j1", experiment="e", status="FINISHED")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with Tracker(uri, "e", "C", {}) as tracker:
+        JobRecord(folder, tracker, random_init=True, notes=[]).log_images([folder / "figures" / "roc.png"])
+        upload_folder(tracker, folder)
+    assert read_json(folder / RUN_FILE)["images"] == ["figures/roc.png"]
+    client = MlflowClient(uri)
+    files = _artifact_files(client, tracker.run_id)
+    pngs = [f for f in files if f.endswith(".png")]
+    assert len(pngs) == 1 and pngs[0].startswith("images/roc+step+0+")  # no figures/roc.png beside it
+    assert "figures/notes.txt" in files and METRICS_FILE in files and len(files) == len(set(files))
+    for _ in range(2):  # a sync (a new run: no job id tag) logs the image as the job did; again: nothing
+        (run_id,) = sync(folder, uri)
+        assert run_id != tracker.run_id
+        synced = _artifact_files(client, run_id)
+        pngs = [f for f in synced if f.endswith(".png")]
+        assert len(pngs) == 1 and pngs[0].startswith("images/roc+step+0+"), synced
+        assert "figures/notes.txt" in synced and len(synced) == len(set(synced))

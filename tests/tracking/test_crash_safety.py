@@ -114,7 +114,7 @@ def test_a_killed_server_costs_at_most_the_budget_and_sync_completes_the_run(tmp
     history = MlflowClient(fresh).get_metric_history(synced.info.run_id, "train_total")
     assert [m.step for m in history] == list(range(12))
     artifacts = {a.path for a in MlflowClient(fresh).list_artifacts(synced.info.run_id)}
-    assert {"metrics.json", "scores.csv", "checkpoint", "figures"} <= artifacts
+    assert {"metrics.json", "scores.csv", "checkpoint", "images"} <= artifacts and "figures" not in artifacts
 
 
 def test_sync_twice_and_after_a_half_logged_run_leaves_one_complete_run(tmp_path):

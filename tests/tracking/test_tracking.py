@@ -255,6 +255,34 @@ def test_sweep_callback_parent_run_children_and_end(store, tmp_path):
     assert callback._exit_hook is None  # the abort hook was unregistered
 
 
+def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _artifact_files(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+def test_sweep_parent_carries_the_comparison_figure_once_and_no_one_bar_metrics(store, tmp_path):
+    config = _sweep_config(store, tmp_path, "sweep_study")
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    sweep_dir = tmp_path / "multirun/2025-01-01/12-00-00"
+    for index, (variant, auroc) in enumerate([("dct", 0.8), ("fft", 0.7)]):
+        folder = sweep_dir / str(index)
+        folder.mkdir(parents=True)
+        tags = {"domain": "C", "variant": variant, "method": "feclip", "feclip.random_init": "true"}
+        update_run(folder, run_name=f"C-{variant}", status="FINISHED", tags=tags)
+        metrics = {"auroc": auroc, "auroc_ci_lo": auroc - 0.05, "auroc_ci_hi": auroc + 0.05}
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    callback.on_multirun_end(config)
+    assert (sweep_dir / "report" / "comparison.png").stat().st_size > 0
+    parent = _run(store, tracking.parent_run_id_for_sweep(sweep_dir))
+    files = _artifact_files(MlflowClient(store), parent.info.run_id)
+    assert [f for f in files if f.endswith(".png")] == ["report/comparison.png"]  # once, with the report
+    assert len(files) == len(set(files)) and "report/report.md" in files
+    assert parent.data.metrics == {}  # MLflow's charts compare runs: the children carry the metrics
+
+
 def test_sweep_parent_fails_when_a_child_failed(store, tmp_path):
     config = _sweep_config(store, tmp_path, "sweep_child_failed")
     callback = MlflowSweepCallback()
