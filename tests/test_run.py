@@ -100,18 +100,18 @@ def test_three_methods_on_two_domains_into_sqlite(tmp_path):
     run_cli(args, tmp_path)
     children = check_sweep(uri, "e2e", 6, rows=3)
     assert sorted(c.info.run_name for c in children) == [
-        "A",
-        "A-patchcore",
-        "A-winclip",
-        "C",
-        "C-patchcore",
-        "C-winclip",
+        "A-feclip·dct",
+        "A-patchcore·tiny",
+        "A-winclip·paper",
+        "C-feclip·dct",
+        "C-patchcore·tiny",
+        "C-winclip·paper",
     ]
     table = variant_domain_table(collect_runs(uri, "e2e"), "auroc")
     assert [r for r in table.index if not r.startswith("anchor")] == [
-        "feclip · default [feclip-tiny]",
-        "patchcore · default [tiny]",
-        "winclip · default [feclip-tiny]",
+        "feclip·dct [feclip-tiny]",
+        "patchcore·tiny [tiny]",
+        "winclip·paper [feclip-tiny]",
     ]
 
 
@@ -129,7 +129,12 @@ def test_two_domains_two_freqs_against_a_real_mlflow_server(tmp_path, mlflow_ser
         tmp_path,
     )
     children = check_sweep(mlflow_server.uri, "e2e_server", 4)
-    assert sorted(c.info.run_name for c in children) == ["A", "A-fft", "C", "C-fft"]
+    assert sorted(c.info.run_name for c in children) == [
+        "A-feclip·dct",
+        "A-feclip·fft",
+        "C-feclip·dct",
+        "C-feclip·fft",
+    ]
     job = next(
         p.parent
         for p in (tmp_path / "multirun").glob("*/config.yaml")
