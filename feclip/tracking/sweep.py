@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from feclip.errors import FeclipError
+from feclip.identity import SEPARATOR
 from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
 from feclip.tracking.report import (
     comparison,
@@ -247,13 +248,13 @@ def comparisons(sweep_dir: Path, runs: pd.DataFrame) -> list[pd.DataFrame]:
 
 
 def variant_means(runs) -> dict[str, float]:
-    """`<metric>_mean/<method>.<variant>`: each variant's metric averaged over its domains (seeds first),
-    for the parent run's chart view."""
+    """`<metric>_mean/<method>.<rest>` (`auroc_mean/feclip.fft`: MLflow keys take no `·`): each variant's
+    metric averaged over its domains (seeds first), for the parent run's chart view."""
     means = {}
     for metric in (m for m in STUDY_METRICS if m in runs.columns):
         per_domain = runs.groupby(["variant", "domain"])[metric].mean().groupby("variant").mean()
         for row, value in per_domain.dropna().items():
-            means[param_key(f"{metric}_mean/{row.replace(' · ', '.')}")] = float(value)
+            means[param_key(f"{metric}_mean/{row.replace(SEPARATOR, '.', 1)}")] = float(value)
     return means
 
 
@@ -263,6 +264,7 @@ class SweepOutcome:
 
     counts: dict[str, int]
     failed: list[dict]  # run.json records of the failed and killed jobs
+    folded: list[dict] = field(default_factory=list)  # run.json records of the jobs folded into another
 
     @property
     def ok(self) -> bool:
@@ -283,7 +285,22 @@ def sweep_outcome(sweep_dir: Path) -> SweepOutcome:
     )
     counts["never_started"] = max(0, expected - len(records)) if expected is not None else 0
     failed = [r for r in records if r.get("status") in ("FAILED", "KILLED", "RUNNING")]
-    return SweepOutcome(counts, failed)
+    return SweepOutcome(counts, failed, [r for r in records if r.get("folded_into")])
+
+
+def folded_line(sweep_id: str, folded: list[dict]) -> str:
+    """One line naming the grid points a sweep folded (`feclip.jobs.common.fold`): each job, the overrides
+    its method does not read, and the job it is the same as."""
+    points = [
+        f"job {Path(r['job_folder']).name} [{' '.join(r['folded_into']['axes']) or 'same config'}] = job "
+        f"{r['folded_into']['job']}"
+        for r in folded
+    ]
+    return (
+        f"feclip sweep {sweep_id}: folded {len(points)} grid point{'s' * (len(points) != 1)}, not run: the "
+        f"same computation as another job (the method does not read the overrides in brackets): "
+        f"{', '.join(points)}"
+    )
 
 
 def _end_aborted_sweep(sweep_dir: Path) -> None:
@@ -305,6 +322,8 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
         f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}"
         + (f" (parent run {status})" if status else "")
     )
+    if outcome.folded:
+        print(folded_line(sweep_id_for(sweep_dir), outcome.folded))
     if "auroc" in found.tables:
         print(study_summary(found.tables["auroc"], Path(sweep_dir) / REPORT_DIR))
     if url:
