@@ -1,7 +1,7 @@
 """`python -m feclip.compare`: finished runs against a baseline variant, paired on identical images.
 
     python -m feclip.compare multirun/2026-12-08/10-00-00 [more sweep or job folders ...] \\
-        --baseline patchcore.default --metric acc_fa1_cold --domain C [--part test] [--out delta.csv]
+        --baseline patchcore.tiny --metric acc_fa1_cold --domain C [--part test] [--out delta.csv]
 
 Reads the job folders (run.json, metrics.json, scores.csv), keeps per domain the runs scored on the same
 images (`eval_set`; the others are named in one line), and prints one row per variant and domain:
@@ -24,7 +24,11 @@ from feclip.tracking.report import comparison, comparison_lines, folder_runs, sa
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m feclip.compare", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders or job folders")
-    parser.add_argument("--baseline", required=True, help="<method>.<variant>, e.g. patchcore.default")
+    parser.add_argument(
+        "--baseline",
+        required=True,
+        help="a variant label (patchcore·tiny), typed with a dot (patchcore.tiny), or a unique prefix of one",
+    )
     parser.add_argument("--metric", default="acc_fa1_cold", help="e.g. acc_fa1_cold, acc_oracle, auroc_cold")
     parser.add_argument("--domain", default=None, help="only this domain (A | B | C | D)")
     parser.add_argument("--part", default="test", choices=["test", "dev"], help="the study part compared")

@@ -29,7 +29,7 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     common = [*small_data(tmp), f"tracking.uri={uri}", "tracking.experiment=study", "eval.figures=false"]
-    sweep = ["-m", "method=feclip,patchcore", "domain=C", "seed=0,1", "compare.baseline=patchcore.default"]
+    sweep = ["-m", "method=feclip,patchcore", "domain=C", "seed=0,1", "compare.baseline=patchcore.tiny"]
     run_cli([*sweep, f"hydra.sweep.dir={tmp / 'sweep'}", *common], tmp)
     run_cli([f"hydra.run.dir={tmp / 'oracle'}", "fewshot=k1", "gating=oracle", *common], tmp)
     run_cli([f"hydra.run.dir={tmp / 'other_split'}", "eval.split.seed=1", *common], tmp)
@@ -64,10 +64,10 @@ def test_every_run_is_scored_on_the_same_images_with_intervals(study):
 
 def test_the_sweep_report_has_the_paired_delta_table(study):
     text = (study["sweep"] / "report" / "report.md").read_text()
-    assert "## Δ vs `patchcore · default`: acc_fa1_cold (test part, paired on identical images)" in text
-    assert "| feclip · default | C | Δ " in text and "p_holm" in text and "2 seeds × " in text
+    assert "## Δ vs `patchcore·tiny`: acc_fa1_cold (test part, paired on identical images)" in text
+    assert "| feclip·dct | C | Δ " in text and "p_holm" in text and "2 seeds × " in text
     delta = pd.read_csv(study["sweep"] / "report" / "compare_auroc_cold.csv")
-    assert delta[["variant", "domain"]].values.tolist() == [["feclip · default", "C"]]
+    assert delta[["variant", "domain"]].values.tolist() == [["feclip·dct", "C"]]
     assert "## dev/auroc (x100)" in text and "## acc_fa1_cold (x100)" in text
 
 
@@ -77,7 +77,7 @@ def test_a_run_that_read_test_labels_is_not_deployable(study):
     runs = folder_runs(study["sweep"], study["tmp"] / "oracle")
     labels = variant_domain_table(runs, "auroc").index
     assert any(label.endswith("NOT DEPLOYABLE") and "oracle" in label for label in labels)
-    assert any(label.startswith("patchcore · default") for label in labels)
+    assert any(label.startswith("patchcore·tiny") for label in labels)
 
 
 def test_a_run_of_another_split_is_left_out_with_one_line(study):
@@ -90,13 +90,13 @@ def test_a_run_of_another_split_is_left_out_with_one_line(study):
 
 def test_the_compare_command_pairs_the_runs_from_their_folders(study, tmp_path):
     out = tmp_path / "delta.csv"
-    args = [str(study["sweep"]), str(study["tmp"] / "other_split"), "--baseline", "patchcore.def"]
+    args = [str(study["sweep"]), str(study["tmp"] / "other_split"), "--baseline", "patchcore.ti"]
     args += ["--metric", "acc_fa1_cold", "--domain", "C", "--bootstrap", "500", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, "-m", "feclip.compare", *args], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert "| feclip · default | C | Δ " in done.stdout
+    assert "| feclip·dct | C | Δ " in done.stdout
     assert done.stderr.startswith("feclip.compare: note: left out of domain C")
     row = pd.read_csv(out).iloc[0]
     by_method = {"feclip": [], "patchcore": []}

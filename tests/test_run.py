@@ -4,6 +4,7 @@ and a report; bad input stops with one actionable line."""
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import run_cli, small_data
 from mlflow.tracking import MlflowClient
@@ -101,19 +102,64 @@ def test_three_methods_on_two_domains_into_sqlite(tmp_path):
     run_cli(args, tmp_path)
     children = check_sweep(uri, "e2e", 6, rows=3)
     assert sorted(c.info.run_name for c in children) == [
-        "A",
-        "A-patchcore",
-        "A-winclip",
-        "C",
-        "C-patchcore",
-        "C-winclip",
+        "A-feclip·dct",
+        "A-patchcore·tiny",
+        "A-winclip·paper",
+        "C-feclip·dct",
+        "C-patchcore·tiny",
+        "C-winclip·paper",
     ]
     table = variant_domain_table(collect_runs(uri, "e2e"), "auroc")
     assert [r for r in table.index if not r.startswith("anchor")] == [
-        "feclip · default [feclip-tiny]",
-        "patchcore · default [tiny]",
-        "winclip · default [feclip-tiny]",
+        "feclip·dct [feclip-tiny]",
+        "patchcore·tiny [tiny]",
+        "winclip·paper [feclip-tiny]",
     ]
+
+
+def test_a_grid_over_what_a_method_does_not_read_runs_each_computation_once(tmp_path):
+    """The issue's grid on one domain and seed, two jobs at a time, untracked: FE-CLIP's dct and fft and one
+    PatchCore job run; the PatchCore job of the other freq is folded (either may win the race), named in one
+    line; FE-CLIP and PatchCore carry their own variants; `tracking=off` names nothing."""
+    sweep = tmp_path / "multirun"
+    args = ["-m", "method=feclip,patchcore", "freq=dct,fft", "tracking=off", "hydra/launcher=joblib"]
+    args += [
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        "eval.figures=false",
+        *small_data(tmp_path),
+    ]
+    result = run_cli(args, tmp_path)
+    records = [json.loads((sweep / str(number) / "run.json").read_text()) for number in range(4)]
+    assert [r["status"] for r in records[:2]] == ["FINISHED", "FINISHED"]
+    assert sorted(r["status"] for r in records[2:]) == ["FINISHED", "SKIPPED"]
+    assert [r["tags"]["variant"] for r in records] == ["feclip·dct", "feclip·fft", *["patchcore·tiny"] * 2]
+    assert [r["run_name"] for r in records] == ["C-feclip·dct", "C-feclip·fft", *["C-patchcore·tiny"] * 2]
+    (folded,) = [number for number in (2, 3) if records[number]["status"] == "SKIPPED"]
+    freq = "fft" if folded == 3 else "dct"
+    assert (
+        records[folded]["reason"]
+        == f"same as job {5 - folded} (C-patchcore·tiny): patchcore does not read freq={freq}"
+    )
+    lines = [
+        line for line in result.stdout.splitlines() if line.startswith("feclip sweep ") and "folded" in line
+    ]
+    assert lines == [
+        f"feclip sweep {tmp_path.name}/multirun: folded 1 grid point, not run: the same computation as "
+        "another job (the method does not read the overrides in brackets): "
+        f"job {folded} [freq={freq}] = job {5 - folded}"
+    ]
+    table = pd.read_csv(sweep / "report" / "auroc.csv")
+    assert sorted(set(table["variant"])) == [
+        "feclip·dct [feclip-tiny]",
+        "feclip·fft [feclip-tiny]",
+        "patchcore·tiny [tiny]",
+    ]
+    patchcore = records[5 - folded]["params"]
+    assert "method.coreset_ratio" in patchcore and not [
+        k for k in patchcore if k.startswith(("freq.", "prompt."))
+    ]
+    assert "freq.transform" in records[0]["params"]
 
 
 def test_two_domains_two_freqs_against_a_real_mlflow_server(tmp_path, mlflow_server):  # noqa: F811
@@ -130,7 +176,12 @@ def test_two_domains_two_freqs_against_a_real_mlflow_server(tmp_path, mlflow_ser
         tmp_path,
     )
     children = check_sweep(mlflow_server.uri, "e2e_server", 4)
-    assert sorted(c.info.run_name for c in children) == ["A", "A-fft", "C", "C-fft"]
+    assert sorted(c.info.run_name for c in children) == [
+        "A-feclip·dct",
+        "A-feclip·fft",
+        "C-feclip·dct",
+        "C-feclip·fft",
+    ]
     job = next(
         p.parent
         for p in (tmp_path / "multirun").glob("*/config.yaml")

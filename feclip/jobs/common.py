@@ -1,12 +1,13 @@
-"""What every job shares: the tracked run around its body (files first), its tags, the random-init label,
-clean ends on signals, and skipping jobs that already finished."""
+"""What every job shares: the tracked run around its body (files first), its tags and params (only what its
+method reads: `feclip.identity`), the random-init label, clean ends on signals, skipping jobs that already
+finished, and folding a sweep's jobs that compute what another of its jobs computes."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
+import os
 import sys
 import time
 import uuid
@@ -24,7 +25,8 @@ from feclip.errors import note
 from feclip.evaluation.metrics import MetricWarning
 from feclip.evaluation.predictor import predict_identity
 from feclip.files import write_text
-from feclip.methods.registry import METHODS
+from feclip.identity import COMPUTE, Reads, identity_hash, relevant, variant_label
+from feclip.methods.registry import METHODS, job_reads
 from feclip.progress import job_label
 from feclip.runtime import compute_identity
 from feclip.tracking.local import (
@@ -106,27 +108,44 @@ def metric_warnings() -> Iterator[list[str]]:
         yield notes
 
 
-def job_tags(cfg: DictConfig, job: tracking.JobInfo) -> dict[str, str]:
-    identity = job_identity(cfg)
+def job_tags(cfg: DictConfig, job: tracking.JobInfo, identity: dict | None = None) -> dict[str, str]:
+    """The run's tags: what it computed with, its variant, its identity (`feclip.config_hash`), the training
+    source's facts and the chosen option of each config group its method reads (`choice.<group>`)."""
+    identity, reads = identity or job_identity(cfg), job_reads(cfg)
+    aux = AUX_SOURCES.get_entry(cfg.aux.source).tags(cfg) if reads.covers("aux.source") else {}
     return {
         **{key: str(identity[key]) for key in ("domain", "backbone", "device", "precision", "method")},
         "variant": job.variant,
         "seed": str(cfg.seed),
         "mode": cfg.mode,
         "feclip.random_init": str(identity["random_init"]).lower(),
-        "feclip.config_hash": config_hash(cfg),
-        **AUX_SOURCES.get_entry(cfg.aux.source).tags(cfg),
-        **{f"choice.{group}": str(option) for group, option in job.choices.items() if "/" not in group},
+        "feclip.config_hash": config_hash(cfg, identity),
+        **aux,
+        **{
+            f"choice.{group}": str(option)
+            for group, option in job.choices.items()
+            if "/" not in group and (group == "experiment" or reads.touches(group))
+        },
     }
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """16 hex digits of the resolved config without where it runs and is tracked (tracking, cache_dir):
-    equal for re-runs of the same job (`tracking.skip_finished`)."""
+def _computed(cfg: DictConfig, identity: dict) -> dict:
+    """The resolved config with device and precision as the job resolves them (`auto` -> what it is)."""
     content = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("tracking", "cache_dir", "compare", "hydra"):
-        content.pop(key, None)
-    return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    content.pop("hydra", None)
+    return {**content, **{key: identity[key] for key in COMPUTE}}
+
+
+def config_hash(cfg: DictConfig, identity: dict | None = None) -> str:
+    """16 hex digits of what the job computes: the keys its method reads and the shared ones, device and
+    precision resolved (`feclip.identity`). Equal for re-runs of the same job (`tracking.skip_finished`) and
+    for jobs that differ only in keys their method does not read (a sweep folds them: `fold`)."""
+    return identity_hash(_computed(cfg, identity or job_identity(cfg)), job_reads(cfg))
+
+
+def job_params(cfg: DictConfig, reads: Reads, identity: dict) -> dict:
+    """The params a run logs: the config its method reads, the shared keys, device and precision."""
+    return tracking.flatten_config(relevant(_computed(cfg, identity), reads))
 
 
 class JobRecord:
@@ -136,7 +155,7 @@ class JobRecord:
         self, folder: Path, tracker: tracking.Tracker, *, random_init: bool, notes: list[str], title: str = ""
     ):
         self.folder, self.tracker, self.random_init, self.notes = folder, tracker, random_init, notes
-        self.title = title  # figure titles: domain · method · variant [· random-init]
+        self.title = title  # figure titles: domain · variant [· random-init]
         self.metrics: dict[str, float] = {}
         self.facts: dict = {}  # written to metrics.json beside the metrics
 
@@ -202,6 +221,58 @@ def epoch_logger(record: JobRecord) -> Callable[[int, dict[str, float]], None]:
         record.log_metrics({f"train_{name}": value for name, value in losses.items()}, step=epoch)
 
     return log_epoch
+
+
+FOLD_DIR = ".identities"  # <sweep dir>/.identities/<config hash>.json: the job of the sweep that computes it
+
+
+def _claim(sweep_dir: Path, digest: str, record: dict) -> dict | None:
+    """Claim `digest` for the job `record` describes: None when it is this job's (first claim, or its own
+    from an earlier attempt), else the record of the job that holds it. The claim is a hard link, made
+    atomically: of two jobs of one identity started at the same time (joblib, SLURM) exactly one runs."""
+    folder = Path(sweep_dir) / FOLD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    claim, draft = folder / f"{digest}.json", folder / f".{digest}.{uuid.uuid4().hex}"
+    draft.write_text(json.dumps(record))
+    try:
+        os.link(draft, claim)
+        return None
+    except FileExistsError:
+        held = json.loads(claim.read_text())
+        return None if held["job_folder"] == record["job_folder"] else held
+    except OSError as error:  # a file system without hard links: run the job rather than guess
+        note(f"cannot claim {claim} ({error.strerror or error}); job {record['job']} runs unfolded")
+        return None
+    finally:
+        draft.unlink(missing_ok=True)
+
+
+def fold(job: tracking.JobInfo, output_dir: Path, digest: str) -> dict | None:
+    """In a sweep: the job of the same sweep that computes what this one does (the same `config_hash`: they
+    differ only in keys their method does not read), with the grid point's overrides the method ignored
+    (`axes`), or None when this job is the first of its identity and runs."""
+    if not job.sweep_dir:
+        return None
+    record = {
+        "job": output_dir.name,
+        "job_folder": str(output_dir),
+        "run_name": job.run_name,
+        "overrides": list(job.overrides),
+    }
+    held = _claim(Path(job.sweep_dir), digest, record)
+    if held is None:
+        return None
+    axes = [o for o in job.overrides if o not in held["overrides"]]
+    return {**{key: held[key] for key in ("job", "job_folder", "run_name")}, "axes": axes}
+
+
+def folded_metrics(folder: Path) -> dict[str, float]:
+    """The metrics of the job a folded job is the same as, when it has finished (else {}: it still runs)."""
+    record = read_json(folder / RUN_FILE) if (folder / RUN_FILE).exists() else {}
+    if record.get("status") != "FINISHED" or not (folder / METRICS_FILE).exists():
+        return {}
+    values = read_json(folder / METRICS_FILE)["metrics"]
+    return {k: (float("nan") if v is None else float(v)) for k, v in values.items()}
 
 
 def finished_run(cfg: DictConfig, uri: str, digest: str):
@@ -303,7 +374,8 @@ def tracked_job(
         why = f"{previous['status']}: {previous['reason']}" if previous.get("reason") else previous["status"]
         note(f"{output_dir} held an earlier attempt ({why}); moved it to {previous['archive']}")
     write_text(output_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    tags = job_tags(cfg, job)
+    computed = job_identity(cfg)
+    tags = job_tags(cfg, job, computed)
     identity = {
         **process_identity(),
         "job_id": uuid.uuid4().hex,
@@ -316,6 +388,15 @@ def tracked_job(
         "parent_run_id": job.parent_run_id,
         "sweep_dir": job.sweep_dir,
     }
+    same = fold(job, output_dir, tags["feclip.config_hash"])
+    if same is not None:
+        why = (
+            f"{tags['method']} does not read {' '.join(same['axes'])}" if same["axes"] else "the same config"
+        )
+        reason = f"same as job {same['job']} ({same['run_name']}): {why}"
+        update_run(output_dir, **identity, tags=tags, status="SKIPPED", reason=reason, folded_into=same)
+        print(f"feclip: folded job {output_dir.name} ({job.run_name}), not run: {reason}")
+        return folded_metrics(Path(same["job_folder"]))
     if cfg.tracking.enabled and cfg.tracking.skip_finished:
         done = finished_run(cfg, uri, tags["feclip.config_hash"])
         if done is not None:
@@ -324,10 +405,12 @@ def tracked_job(
             )
             print(f"feclip: skipped {job.run_name}: run {done.info.run_id} with the same config has finished")
             return dict(done.data.metrics)
+    params = job_params(cfg, job_reads(cfg), computed)
     update_run(
         output_dir,
         **identity,
         tags={**tags, "feclip.job_id": identity["job_id"]},
+        params=params,
         status="RUNNING",
         started=time.time(),
     )
@@ -348,11 +431,10 @@ def tracked_job(
             update_run(output_dir, run_id=tracker.run_id)
             if previous and previous.get("run_id"):
                 tracker.end_stale_run(previous["run_id"], previous["status"], previous.get("reason") or "")
-            tracker.log_params(tracking.flatten_config(OmegaConf.to_container(cfg, resolve=True)))
+            tracker.log_params(params)
             flag = tags["feclip.random_init"] == "true"
-            title = " · ".join(
-                [tags["domain"], tags["method"], job.variant, *(["random-init"] if flag else [])]
-            )
+            label = variant_label(tags["method"], job.variant)
+            title = " · ".join([tags["domain"], label, *(["random-init"] if flag else [])])
             record = JobRecord(output_dir, tracker, random_init=flag, notes=notes, title=title)
             try:
                 metrics = body(cfg, output_dir, record)

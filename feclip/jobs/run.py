@@ -14,6 +14,7 @@ from feclip.evaluation.predictor import predict_identity
 from feclip.files import writable_folder
 from feclip.jobs.common import tracked_job
 from feclip.jobs.registry import job_for
+from feclip.methods.registry import job_reads
 from feclip.tracking import JobInfo
 from feclip.tracking.artifacts import with_local_checkpoint
 
@@ -45,7 +46,7 @@ def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = 
     config.validate(cfg)
     kind = job_for(cfg)
     output_dir = (output_dir or Path(HydraConfig.get().runtime.output_dir)).resolve()
-    job = job or JobInfo.from_hydra(cfg)
+    job = job or JobInfo.from_hydra(cfg, reads=job_reads(cfg))
     cfg = with_local_checkpoint(config.absolute_paths(cfg, launch_dir()), output_dir)
     check_outputs(cfg, output_dir)
     if cfg.mode == "predict":

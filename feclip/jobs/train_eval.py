@@ -30,7 +30,7 @@ from feclip.evaluation.predictor import save_predictor
 from feclip.evaluation.split import StudySplit, eval_set, split_test
 from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, config_identity, epoch_logger
 from feclip.methods.base import Method
-from feclip.methods.registry import build_method
+from feclip.methods.registry import build_method, job_reads
 from feclip.runtime import Runtime, runtime
 
 SCORE_COLUMNS = {
@@ -79,7 +79,8 @@ def fit_method(
     """Build the training source and fit the method; `log_epoch(epoch, losses)` records them as they come."""
     mean, std = method.input_stats()
     ctx = SourceContext(root, cold_warm_split(cfg), fit, to_input, method.input_size, mean, std)
-    aux = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx)
+    reads_aux = method.reads.covers("aux.source")  # PatchCore and WinCLIP train on nothing: none is built
+    aux = AUX_SOURCES.get_entry(cfg.aux.source).build(cfg, ctx) if reads_aux else None
     normals = labelled_set(fit.images, np.zeros(len(fit), dtype=np.int64), to_input)
 
     def frozen(images):
@@ -99,7 +100,8 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     fit, val = split_validation(
         data.subset((data.meta["split"] == "train").to_numpy()), cfg.data.val_fraction, cfg.seed
     )
-    AUX_SOURCES.get_entry(cfg.aux.source).check(cfg, len(fit))  # something to train on, before the model
+    if job_reads(cfg).covers("aux.source"):  # something to train on, before the model
+        AUX_SOURCES.get_entry(cfg.aux.source).check(cfg, len(fit))
     method = build_method(cfg).to(rt.device)
     record.set_tags(method.tags())
     record.mark_deployable(aware.reads_test_labels(cfg))

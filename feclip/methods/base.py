@@ -10,7 +10,11 @@ A method wraps one pure `nn.Module` (the model) and tells the harness:
   and can be cached per image (`feclip.cache`), and the scores;
 - `reference_terms(...)` / `with_references(...)`: how reference banks (few-shot, condition-aware) change a
   batch's scores (`feclip.condition`);
-- `state()` / `describe()` and the class method `load(...)`: what a checkpoint holds.
+- `state()` / `describe()` and the class method `load(...)`: what a checkpoint holds;
+- `reads`: the config groups and keys its results depend on beyond the shared ones (`feclip.identity`), and
+  the headline its variant always names: its run name, variant, params and identity (`feclip.config_hash`)
+  leave out everything else, so a sweep axis it does not read makes no variant (`tests/test_identity.py`
+  checks that changing the rest changes none of its scores).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from feclip.identity import EVERYTHING, Reads
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Method(abc.ABC):
     bank_metric: ClassVar[str] = "cosine"  # distance of its reference banks: cosine | l2
     caches_frozen: ClassVar[bool] = False  # whether `frozen` / `forward(frozen=...)` exist
     frozen_feeds: ClassVar[str] = "backbone"  # the policy operation its frozen features feed (cache dtype)
+    reads: ClassVar[Reads] = EVERYTHING  # the config its results depend on (declared: nothing is left out)
     model: nn.Module
 
     @classmethod  # noqa: B027 (an optional hook: most methods need no checks of their own)

@@ -19,6 +19,7 @@ from scipy.stats import t as student_t
 from feclip.data.hdmap import DOMAINS
 from feclip.errors import FeclipError
 from feclip.evaluation.compare import compare_runs
+from feclip.identity import SEPARATOR, variant_label
 from feclip.tracking.local import METRICS_FILE, RUN_FILE, job_folders, read_json
 from feclip.tracking.tracker import PARENT_TAG, client_for, experiment_id, search_all_runs
 from feclip.tracking.uris import check_tracking_uri, sqlite_path
@@ -194,7 +195,7 @@ def _row(identity: dict, tags: dict, params: dict, metrics: dict) -> dict:
     return {
         **identity,
         "domain": tags.get("domain") or params.get("domain.name"),
-        "variant": f"{tags.get('method', 'feclip')} · {tags.get('variant') or identity['run_name']}",
+        "variant": variant_label(tags.get("method"), tags.get("variant") or identity["run_name"]),
         "seed": tags.get("seed") or params.get("seed") or "",
         "backbone": tags.get("backbone") or params.get("backbone.name") or "unknown",
         "deployable": tags.get("deployable") != "false",
@@ -277,10 +278,12 @@ def comparison(runs: pd.DataFrame, metric: str, baseline: str, *, part: str = "t
 
 
 def baseline_label(runs: pd.DataFrame, baseline: str) -> str:
-    """The variant label `baseline` names: itself, `<method>.<variant>` for `<method> · <variant>`, or the one
-    label it begins (`patchcore.cpd` for a preset's long variant name); several or none is a ReportError."""
+    """The variant label `baseline` names: itself (`patchcore·tiny`), typed with a dot for the `·`
+    (`patchcore.tiny`; also the older `patchcore · tiny`), or the one label it begins (`patchcore.dinov2` for
+    a preset's long variant name); several or none is a ReportError."""
     labels = sorted(set(runs["variant"]))
-    wanted = baseline if baseline in labels else baseline.replace(".", " · ", 1)
+    typed = baseline.replace(f" {SEPARATOR} ", SEPARATOR, 1)
+    wanted = typed if typed in labels or SEPARATOR in typed else typed.replace(".", SEPARATOR, 1)
     found = [label for label in labels if label == wanted] or [l for l in labels if l.startswith(wanted)]
     if len(found) != 1:
         which = "several" if found else "no"

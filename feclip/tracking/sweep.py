@@ -254,6 +254,7 @@ class SweepOutcome:
 
     counts: dict[str, int]
     failed: list[dict]  # run.json records of the failed and killed jobs
+    folded: list[dict] = field(default_factory=list)  # run.json records of the jobs folded into another
 
     @property
     def ok(self) -> bool:
@@ -274,7 +275,22 @@ def sweep_outcome(sweep_dir: Path) -> SweepOutcome:
     )
     counts["never_started"] = max(0, expected - len(records)) if expected is not None else 0
     failed = [r for r in records if r.get("status") in ("FAILED", "KILLED", "RUNNING")]
-    return SweepOutcome(counts, failed)
+    return SweepOutcome(counts, failed, [r for r in records if r.get("folded_into")])
+
+
+def folded_line(sweep_id: str, folded: list[dict]) -> str:
+    """One line naming the grid points a sweep folded (`feclip.jobs.common.fold`): each job, the overrides
+    its method does not read, and the job it is the same as."""
+    points = [
+        f"job {Path(r['job_folder']).name} [{' '.join(r['folded_into']['axes']) or 'same config'}] = job "
+        f"{r['folded_into']['job']}"
+        for r in folded
+    ]
+    return (
+        f"feclip sweep {sweep_id}: folded {len(points)} grid point{'s' * (len(points) != 1)}, not run: the "
+        f"same computation as another job (the method does not read the overrides in brackets): "
+        f"{', '.join(points)}"
+    )
 
 
 def _end_aborted_sweep(sweep_dir: Path) -> None:
@@ -296,6 +312,8 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
         f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}"
         + (f" (parent run {status})" if status else "")
     )
+    if outcome.folded:
+        print(folded_line(sweep_id_for(sweep_dir), outcome.folded))
     if "auroc" in found.tables:
         print(study_summary(found.tables["auroc"], Path(sweep_dir) / REPORT_DIR))
     if url:

@@ -59,9 +59,12 @@ def _artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 def _log_missing_params(client, run, folder: Path) -> None:
+    """The params the job logs (run.json `params`: what its method reads), or for a folder of an older job
+    its whole config.yaml."""
     from mlflow.entities import Param
 
-    config = OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE))
+    logged = read_json(folder / RUN_FILE).get("params")
+    config = logged if logged is not None else OmegaConf.to_container(OmegaConf.load(folder / CONFIG_FILE))
     params = {param_key(k): truncate(v, MAX_PARAM_LENGTH) for k, v in flatten_config(config).items()}
     missing = [Param(k, v) for k, v in params.items() if k not in run.data.params]
     for batch in batches(missing, PARAMS_PER_BATCH):

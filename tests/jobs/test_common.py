@@ -1,14 +1,28 @@
 """The record every job writes: valid JSON with undefined metrics as null and their reasons, the random-init
-and deployable flags; metric warnings are collected without being hidden; each figure reaches the run once."""
+and deployable flags; metric warnings are collected without being hidden; each figure reaches the run once;
+a sweep's job that computes what another of its jobs computes is folded into it."""
 
 import json
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import compose
 
 from feclip.evaluation.metrics import MetricWarning, hdmap_metrics
-from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, closing_block, metric_warnings, metrics_record
+from feclip.jobs.common import (
+    RANDOM_INIT_NOTE,
+    JobRecord,
+    _claim,
+    closing_block,
+    metric_warnings,
+    metrics_record,
+    tracked_job,
+)
+from feclip.tracking import JobInfo
 from feclip.tracking.local import METRICS_FILE, RUN_FILE, read_json, update_run
+from feclip.tracking.sweep import folded_line, sweep_outcome
 from feclip.tracking.tracker import Tracker
 
 
@@ -86,3 +100,52 @@ def test_each_figure_reaches_the_run_once_as_its_image_also_after_a_sync(tmp_pat
         pngs = [f for f in synced if f.endswith(".png")]
         assert len(pngs) == 1 and pngs[0].startswith("images/roc+step+0+"), synced
         assert "figures/notes.txt" in synced and len(synced) == len(set(synced))
+
+
+def test_a_sweep_runs_each_computation_once_and_names_the_grid_points_it_folded(tmp_path, capsys):
+    sweep, ran = tmp_path / "sweep", []
+
+    def body(cfg, folder, record):
+        ran.append(folder.name)
+        return {"auroc": 0.75}
+
+    def job(number: int, *overrides: str) -> dict:
+        info = JobInfo("C-x", "x", overrides=overrides, sweep_dir=str(sweep))
+        return tracked_job(compose("tracking=off", *overrides), sweep / str(number), info, body)
+
+    job(0, "method=patchcore", "freq=dct")
+    assert job(1, "method=patchcore", "freq=fft") == {"auroc": 0.75}  # the metrics of the job it is
+    job(2, "method=feclip", "freq=fft")  # FE-CLIP reads freq: its own computation
+    job(0, "method=patchcore", "freq=dct")  # a rerun of job 0 in its folder holds its own claim
+    assert ran == ["0", "2", "0"]
+    record = read_json(sweep / "1" / RUN_FILE)
+    assert record["status"] == "SKIPPED" and record["folded_into"]["job"] == "0"
+    assert record["reason"] == "same as job 0 (C-x): patchcore does not read freq=fft"
+    assert "feclip: folded job 1 (C-x), not run: same as job 0" in capsys.readouterr().out
+    outcome = sweep_outcome(sweep)
+    assert outcome.ok and outcome.counts["skipped"] == 1
+    assert folded_line("s", outcome.folded) == (
+        "feclip sweep s: folded 1 grid point, not run: the same computation as another job (the method does "
+        "not read the overrides in brackets): job 1 [freq=fft] = job 0"
+    )
+
+
+def test_of_jobs_of_one_identity_started_at_once_exactly_one_runs(tmp_path):
+    """The joblib or SLURM race: every job claims the identity at the same moment; one wins."""
+    start = threading.Barrier(8)
+
+    def claim(number: int):
+        start.wait()
+        record = {
+            "job": str(number),
+            "job_folder": str(tmp_path / str(number)),
+            "run_name": "r",
+            "overrides": [],
+        }
+        return _claim(tmp_path, "0123456789abcdef", record)
+
+    with ThreadPoolExecutor(8) as pool:
+        held = list(pool.map(claim, range(8)))
+    (winner,) = [number for number, other in enumerate(held) if other is None]
+    assert all(other["job"] == str(winner) for other in held if other is not None)
+    assert [p.name for p in (tmp_path / ".identities").iterdir()] == ["0123456789abcdef.json"]

@@ -160,7 +160,7 @@ def test_a_bad_job_does_not_end_the_sweep(tmp_path, launcher):
     counts = {k: parent.data.tags[f"feclip.children_{k}"] for k in ("finished", "failed", "never_started")}
     assert counts == {"finished": "2", "failed": "1", "never_started": "0"} and parent.info.status == "FAILED"
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("feclip: failed job B [domain=B ") and "000003.tiff" in last
+    assert last.startswith("feclip: failed job B-feclip·dct [domain=B ") and "000003.tiff" in last
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

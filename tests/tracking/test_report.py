@@ -84,14 +84,14 @@ def store(tmp_path_factory):
 def test_collect_runs_keeps_finished_job_runs_newest_rerun(store):
     runs = report.collect_runs(store["uri"], "rep")
     assert len(runs) == 6 and runs.attrs["superseded"] == 1
-    assert set(runs["variant"]) == {"feclip · dct", "feclip · fft"}
-    assert runs.loc[runs["variant"] == "feclip · fft", "auroc"].tolist() == [0.5]  # the newer rerun
+    assert set(runs["variant"]) == {"feclip·dct", "feclip·fft"}
+    assert runs.loc[runs["variant"] == "feclip·fft", "auroc"].tolist() == [0.5]  # the newer rerun
     assert runs["random_init"].all() and {"auroc", "acc_oracle", "acc_val"} <= set(runs.columns)
 
 
 def test_collect_runs_of_one_parent(store):
     runs = report.collect_runs(store["uri"], "rep_pretrained", parent_run_id=store["parent"])
-    assert runs["variant"].tolist() == ["feclip · dct"]
+    assert runs["variant"].tolist() == ["feclip·dct"]
 
 
 def test_collect_runs_errors(store, tmp_path):
@@ -106,8 +106,8 @@ def test_auroc_table_cells_mean_and_anchors(store):
     table = report.variant_domain_table(report.collect_runs(store["uri"], "rep"), "auroc")
     half = 100 * sps.t.ppf(0.975, 1) * np.std([0.90, 0.92], ddof=1) / np.sqrt(2)  # no logged intervals
     two_seeds = f"91.0 [{91.0 - half:.1f}, {91.0 + half:.1f}] (n=2)"
-    assert table.loc["feclip · dct"].tolist() == [two_seeds, "80.0", "70.0", "61.0", "75.5"]
-    assert table.loc["feclip · fft"].tolist() == ["–", "–", "50.0", "–", "50.0 (C only)"]
+    assert table.loc["feclip·dct"].tolist() == [two_seeds, "80.0", "70.0", "61.0", "75.5"]
+    assert table.loc["feclip·fft"].tolist() == ["–", "–", "50.0", "–", "50.0 (C only)"]
     assert table.loc[WINCLIP_ROW].tolist() == ["81.93", "81.32", "73.05", "80.86", "79.29"]
     assert table.loc[PATCHCORE_ROW].tolist() == ["99.85", "99.82", "98.21", "99.77", "99.41"]  # mean computed
     assert table.loc[CPD_ROW, "C"] == "99.67"
@@ -123,8 +123,8 @@ def test_anchors_only_under_their_metric(store):
     assert WINCLIP_ROW not in oracle.index
     deployable = report.variant_domain_table(runs, "acc_val")
     assert list(deployable.index) == [
-        "feclip · dct",
-        "feclip · fft",
+        "feclip·dct",
+        "feclip·fft",
     ]  # no published number uses a deployable threshold
     with pytest.raises(ReportError, match="metric 'f1_max' was logged by none of the 6 runs"):
         report.variant_domain_table(runs, "f1_max")
@@ -154,13 +154,13 @@ def test_write_report_markdown_csv_and_random_init_warning(store, tmp_path):
     text = path.read_text()
     assert "**Warning: 6 of 6 runs used a random-init backbone" in text and "not FE-CLIP.**" in text
     assert "Backbone: tiny (6 runs)" in text and "1 older reruns left out" in text
-    row = " | ".join(["feclip · dct", *tables["auroc"].loc["feclip · dct"]])
+    row = " | ".join(["feclip·dct", *tables["auroc"].loc["feclip·dct"]])
     assert "## auroc (x100)\n" in text and f"| {row} |" in text
     assert "## acc_oracle (x100), ORACLE threshold: chosen on the test labels" in text
     assert f"- `{PATCHCORE_ROW}`: §2.7" in text and "compare with acc_oracle" in text
     csv = pd.read_csv(tmp_path / "out" / "auroc.csv")  # numbers in columns, no "±" strings
     assert list(csv.columns) == ["variant", "domain", "mean", "lo", "hi", "n", "seed_invariant"]
-    cell = csv[(csv["variant"] == "feclip · dct") & (csv["domain"] == "A")].iloc[0]
+    cell = csv[(csv["variant"] == "feclip·dct") & (csv["domain"] == "A")].iloc[0]
     assert (cell["mean"], cell["n"]) == (pytest.approx(91.0), 2) and cell["lo"] < 91.0 < cell["hi"]
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 6
 
@@ -224,15 +224,15 @@ def test_runs_of_another_precision_are_another_row_never_pooled_as_seeds(tmp_pat
     runs = report.collect_runs(uri, "precisions")
     assert len(runs) == 2 and runs.attrs["superseded"] == 0
     table = report.variant_domain_table(runs, "auroc")
-    assert table.loc["feclip · default [fp32]", "C"] == "40.0"
-    assert table.loc["feclip · default [bf16]", "C"] == "20.0"
+    assert table.loc["feclip·default [fp32]", "C"] == "40.0"
+    assert table.loc["feclip·default [bf16]", "C"] == "20.0"
 
 
 def _study_runs(**columns) -> pd.DataFrame:
     """Report rows of domain C, variant `dct`, one per seed, with the given columns."""
     n = len(next(iter(columns.values())))
     base = {
-        "variant": ["feclip · dct"] * n,
+        "variant": ["feclip·dct"] * n,
         "domain": ["C"] * n,
         "seed": [str(i) for i in range(n)],
         "backbone": ["tiny"] * n,
@@ -244,30 +244,44 @@ def _study_runs(**columns) -> pd.DataFrame:
 
 def test_one_run_shows_its_bootstrap_interval_and_seeds_add_the_image_noise():
     one = _study_runs(auroc=[0.8], auroc_ci_lo=[0.75], auroc_ci_hi=[0.85])
-    assert report.variant_domain_table(one, "auroc").loc["feclip · dct", "C"] == "80.0 [75.0, 85.0]"
+    assert report.variant_domain_table(one, "auroc").loc["feclip·dct", "C"] == "80.0 [75.0, 85.0]"
     three = _study_runs(auroc=[0.80, 0.82, 0.84], auroc_ci_lo=[0.75] * 3, auroc_ci_hi=[0.85] * 3)
     se = 0.10 / (2 * 1.959964)
     half = 1.959964 * np.sqrt(0.02**2 / 3 + se**2)
     expected = f"82.0 [{100 * (0.82 - half):.1f}, {100 * (0.82 + half):.1f}] (n=3)"
-    assert report.variant_domain_table(three, "auroc").loc["feclip · dct", "C"] == expected
+    assert report.variant_domain_table(three, "auroc").loc["feclip·dct", "C"] == expected
 
 
 def test_seed_invariant_cells_are_named():
     runs = _study_runs(acc_oracle=[0.9, 0.9, 0.9], acc_oracle_ci_lo=[0.88] * 3, acc_oracle_ci_hi=[0.92] * 3)
     assert (
         report.variant_domain_table(runs, "acc_oracle")
-        .loc["feclip · dct", "C"]
+        .loc["feclip·dct", "C"]
         .endswith("(n=3, seed-invariant)")
     )
 
 
 def test_runs_scored_on_other_images_are_left_out_with_one_line_and_labels_read_test_labels():
     runs = _study_runs(auroc=[0.8, 0.7, 0.6], eval_set=["a1", "a1", "b2"], deployable=[True, True, False])
-    runs.loc[1, "variant"] = "patchcore · default"
+    runs.loc[1, "variant"] = "patchcore·tiny"
     table = report.variant_domain_table(runs, "auroc")
-    assert list(table.index[:2]) == ["feclip · dct", "patchcore · default"]
+    assert list(table.index[:2]) == ["feclip·dct", "patchcore·tiny"]
     (line,) = table.attrs["left_out"]
     assert "left out of domain C: C-seed=2 (eval_set b2)" in line and "the 2 runs of eval_set a1" in line
     runs["eval_set"] = "a1"
     labels = report.variant_domain_table(runs, "auroc").index
-    assert "feclip · dct NOT DEPLOYABLE" in labels and "feclip · dct" in labels
+    assert "feclip·dct NOT DEPLOYABLE" in labels and "feclip·dct" in labels
+
+
+def test_a_baseline_is_named_by_its_label_typed_with_a_dot_or_a_unique_prefix():
+    runs = pd.DataFrame(
+        {"variant": ["feclip·dct-lam=0.3", "patchcore·dinov2_vitb14-cpd-k=16", "patchcore·tiny"]}
+    )
+    for typed in ("patchcore·tiny", "patchcore.tiny", "patchcore · tiny", "patchcore.ti"):
+        assert report.baseline_label(runs, typed) == "patchcore·tiny"
+    assert report.baseline_label(runs, "feclip.dct-lam=0.3") == "feclip·dct-lam=0.3"
+    assert report.baseline_label(runs, "patchcore.dinov2") == "patchcore·dinov2_vitb14-cpd-k=16"
+    with pytest.raises(ReportError, match="names several variant"):
+        report.baseline_label(runs, "patchcore.")
+    with pytest.raises(ReportError, match="names no variant"):
+        report.baseline_label(runs, "patchcore.default")

@@ -19,6 +19,7 @@ from mlflow_server import free_port, mlflow_server  # noqa: F401 (fixture)
 from omegaconf import OmegaConf
 
 from feclip import tracking
+from feclip.methods.registry import job_reads
 from feclip.tracking import JobInfo, MlflowSweepCallback, Tracker, TrackingError
 from feclip.tracking.local import update_run
 from feclip.tracking.sweep import sweep_exit_code
@@ -379,19 +380,34 @@ def test_real_hydra_multirun_nests_jobs_and_fails_parent_on_abort(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "name", "variant"),
     [
-        ([], "C", "default"),
-        (["freq=fft", "domain=A"], "A-fft", "fft"),
-        (["model.lam=0.3", "seed=2", "freq=horizontal"], "C-horizontal-lam=0.3-seed=2", "horizontal-lam=0.3"),
-        (["freq.lfs.window=[1,5]"], "C-window=1,5", "window=1,5"),
+        ([], "C-feclip·dct", "feclip·dct"),
+        (["freq=fft", "domain=A"], "A-feclip·fft", "feclip·fft"),
+        (
+            ["model.lam=0.3", "seed=2", "freq=horizontal"],
+            "C-feclip·horizontal-lam=0.3-seed=2",
+            "feclip·horizontal-lam=0.3",
+        ),
+        (["freq.lfs.window=[1,5]"], "C-feclip·dct-window=1,5", "feclip·dct-window=1,5"),
         (
             ["method=patchcore", "method.coreset_ratio=0.01"],
-            "C-patchcore-coreset_ratio=0.01",
-            "coreset_ratio=0.01",
+            "C-patchcore·tiny-coreset_ratio=0.01",
+            "patchcore·tiny-coreset_ratio=0.01",
+        ),
+        (
+            ["method=patchcore", "method.backbone=tiny_resnet"],
+            "C-patchcore·tiny_resnet",
+            "patchcore·tiny_resnet",
+        ),
+        (["method=winclip", "prompt=winclip"], "C-winclip·winclip", "winclip·winclip"),
+        (
+            ["method=patchcore", "fewshot=cpd", "gating=p90"],
+            "C-patchcore·tiny-p90-cpd",
+            "patchcore·tiny-p90-cpd",
         ),
         (
             ["aux.max_normals=300", "train.epochs=2", "device=cpu", "tracking.experiment=x", "data.root=/d"],
-            "C",
-            "default",
+            "C-feclip·dct",
+            "feclip·dct",
         ),
     ],
 )
@@ -400,11 +416,42 @@ def test_names_come_from_the_resolved_config(overrides, name, variant):
     assert (job.run_name, job.variant) == (name, variant)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["freq=fft"],
+        ["model=fc_clip_init", "model.lam=0.5", "prompt=winclip", "backbone=vit_b16", "aux=none"],
+        ["aux.faults_per_normal=2.0", "train.lr=0.1", "fewshot.weight_map=2.0"],
+        ["tracking=off", "device=cpu", "precision=fp32", "method.chunk_size=64", "hydra/launcher=joblib"],
+    ],
+)
+def test_what_patchcore_does_not_read_never_names_it(overrides):
+    """The issue's grid: PatchCore with freq=fft was `C-off-fft-patchcore` / variant `fft`."""
+    job = job_info("method=patchcore", *overrides)
+    assert (job.run_name, job.variant) == ("C-patchcore·tiny", "patchcore·tiny")
+    assert set(job.choices) >= {"freq", "tracking"}  # what was chosen is kept; the tags say what is read
+
+
+def test_tracking_off_and_where_a_job_runs_never_name_it():
+    for method in ("feclip", "patchcore", "winclip"):
+        plain = job_info(f"method={method}")
+        elsewhere = job_info(f"method={method}", "tracking=off", "device=cpu", "precision=bf16", "seed=0")
+        assert elsewhere.run_name == plain.run_name and "off" not in elsewhere.run_name
+
+
 def test_identical_configs_get_identical_names_however_typed():
-    assert job_info("freq=dct").run_name == job_info().run_name == "C"
+    assert job_info("freq=dct").run_name == job_info().run_name == "C-feclip·dct"
     preset = job_info("experiment=hdmap_horizontal")
     typed = job_info("freq=horizontal", "fewshot=cpd")
-    assert preset.run_name == typed.run_name == "C-cpd-horizontal" and preset.variant == typed.variant
+    assert preset.run_name == typed.run_name == "C-feclip·horizontal-cpd" and preset.variant == typed.variant
+
+
+def test_a_long_variant_is_whole_in_its_run_name():
+    job = job_info("experiment=cpd_patchcore")
+    assert job.run_name == f"C-{job.variant}-seed=42" and job.variant.startswith(
+        "patchcore·dinov2_vitb14-cpd-"
+    )
+    assert len(job.variant) == 64
 
 
 def test_long_run_names_are_shortened_stably():
@@ -425,10 +472,10 @@ def test_job_info_finds_the_parent_of_a_sweep(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["domain=B", "freq=fft"], return_hydra_config=True)
         cfg.hydra.mode, cfg.hydra.sweep.dir, cfg.hydra.runtime.cwd = "MULTIRUN", "multirun/d/t", str(tmp_path)
-        job = JobInfo.from_hydra(cfg, cfg.hydra)
+        job = JobInfo.from_hydra(cfg, cfg.hydra, reads=job_reads(cfg))
         assert (job.run_name, job.variant, job.parent_run_id, job.sweep_dir) == (
-            "B-fft",
-            "fft",
+            "B-feclip·fft",
+            "feclip·fft",
             "abc",
             str(sweep_dir),
         )
@@ -440,7 +487,7 @@ def job_info(*overrides: str) -> JobInfo:
     """The JobInfo of a job composed from `overrides` (as run.py would name it)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-        return JobInfo.from_hydra(cfg, cfg.hydra)
+        return JobInfo.from_hydra(cfg, cfg.hydra, reads=job_reads(cfg))
 
 
 # --------------------------------------------------------------------------------------- real server

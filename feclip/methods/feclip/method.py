@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
+from feclip.identity import Reads
 from feclip.methods.base import Method
 from feclip.methods.feclip.train import TrainConfig, forward_frozen, train
 from feclip.model.backbone import ClipBackbone, backbone_config, patch_grid
@@ -42,6 +43,10 @@ def add_fewshot(
 class FEClipMethod(Method):
     name: ClassVar[str] = "feclip"
     caches_frozen: ClassVar[bool] = True
+    # the CLIP backbone, head, adapters, prompts, training source and loop, few-shot weights; named by freq
+    reads: ClassVar[Reads] = Reads(
+        ("method", "backbone", "model", "freq", "prompt", "aux", "train", "fewshot"), headline=("freq",)
+    )
 
     def __init__(
         self,

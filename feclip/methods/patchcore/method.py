@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from feclip.identity import Reads
 from feclip.methods.base import Method, MethodOutput
 from feclip.methods.patchcore.backbone import TimmFeatures
 from feclip.methods.patchcore.model import (
@@ -50,6 +51,8 @@ class PatchCoreMethod(Method):
     bank_metric: ClassVar[str] = "l2"
     caches_frozen: ClassVar[bool] = True
     frozen_feeds: ClassVar[str] = "distances"  # the patch features go straight to kNN
+    # its own timm backbone and settings (`method.*`), never the CLIP groups, adapters, prompts or training
+    reads: ClassVar[Reads] = Reads(("method",), headline=("method.backbone",))
 
     def __init__(self, model: PatchCore, *, settings: dict, uses_references: bool) -> None:
         self.model, self.settings, self.uses_references = model, settings, uses_references

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from feclip.identity import Reads
 from feclip.methods.base import Method, MethodOutput
 from feclip.methods.winclip.model import WinClip, WinClipError, harmonic_aggregation
 from feclip.model.backbone import ClipBackbone, backbone_config, patch_grid
@@ -43,6 +44,8 @@ class WinClipOutput(MethodOutput):
 
 class WinClipMethod(Method):
     name: ClassVar[str] = "winclip"
+    # the CLIP backbone, the prompt ensemble and its own settings; never adapters, training or its source
+    reads: ClassVar[Reads] = Reads(("method", "backbone", "prompt"), headline=("prompt",))
 
     def __init__(self, model: WinClip, *, settings: dict, input_size: tuple[int, int]) -> None:
         self.model, self.settings, self.size = model, settings, tuple(input_size)
