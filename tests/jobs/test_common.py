@@ -1,13 +1,24 @@
 """The record every job writes: valid JSON with undefined metrics as null and their reasons, the random-init
-and deployable flags; metric warnings are collected without being hidden."""
+and deployable flags; metric warnings are collected without being hidden; a job of a sweep closes with one
+line, a single job with its block."""
 
 import json
 import math
 
 import pytest
+from helpers import compose
 
 from feclip.evaluation.metrics import MetricWarning, hdmap_metrics
-from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, closing_block, metric_warnings, metrics_record
+from feclip.jobs.common import (
+    RANDOM_INIT_NOTE,
+    JobRecord,
+    closing_block,
+    closing_line,
+    metric_warnings,
+    metrics_record,
+    tracked_job,
+)
+from feclip.tracking import JobInfo
 from feclip.tracking.local import METRICS_FILE, RUN_FILE, read_json, update_run
 from feclip.tracking.tracker import Tracker
 
@@ -46,3 +57,35 @@ def test_a_run_that_reads_test_labels_says_so_in_metrics_json_and_its_closing_bl
     assert "NOT DEPLOYABLE: gating=oracle routes each image by its test condition" in closing
     record.mark_deployable([])
     assert read_json(tmp_path / RUN_FILE)["tags"]["deployable"] == "true"
+
+
+def test_a_job_of_a_sweep_closes_with_one_line_and_a_single_job_with_its_block(tmp_path, capsys):
+    """In a sweep each job prints one line (`✓ name  auroc  seconds  folder`, the reason for a failed one);
+    the sweep's closing lines carry the table, the parent run and how to serve the UI, once."""
+    cfg = compose("tracking.enabled=false", "tracking.experiment=closing")
+
+    def body(cfg, folder, record):
+        return {"auroc": 0.712, "acc_val": 0.6}
+
+    sweep = JobInfo("C-fft", "fft", sweep_dir=str(tmp_path))
+    tracked_job(cfg, tmp_path / "3", sweep, body, key_metrics=("auroc", "acc_val"))
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("✓ C-fft  auroc 0.7120 (random-init)  ") and line.endswith(f"  {tmp_path / '3'}")
+    tracked_job(cfg, tmp_path / "job", JobInfo("C-fft", "fft"), body, key_metrics=("auroc", "acc_val"))
+    block = capsys.readouterr().out.splitlines()
+    assert (
+        block[0].startswith("feclip job C-fft: FINISHED in ") and "auroc 0.7120  acc_val 0.6000" in block[1]
+    )
+
+
+def test_the_closing_line_of_a_failed_job_says_why_and_names_its_folder_from_the_launch_directory(tmp_path):
+    record = {
+        "run_name": "B",
+        "status": "FAILED",
+        "reason": "OSError: 000003.tiff: not a readable TIFF\nmore",
+        "started": 100.0,
+        "ended": 172.0,
+        "job_folder": str(tmp_path / "multirun" / "1"),
+    }
+    line = closing_line(record, {}, headline="auroc", root=tmp_path)
+    assert line == "✗ B  FAILED: OSError: 000003.tiff: not a readable TIFF more  1 min 12 s  multirun/1"
