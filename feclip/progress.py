@@ -552,12 +552,8 @@ class Board:
         return {str(folder): _read_json(folder / RUN_FILE) for folder in job_folders(self.sweep_dir)}
 
     def poll(self, final: bool = False) -> None:
-        """Print what the sweep's process and the jobs wrote since the last poll, the closing line of each
-        job that ended, and count the jobs."""
-        for text in self._tail(SWEEP_LOG, final):
-            shown = shown_line(text)
-            if shown is not None:
-                self._print(shown)
+        """Print what the jobs wrote since the last poll (a job's closing line after its own lines), then
+        what the sweep's process wrote, and count the jobs."""
         for path in sorted(self.folder.glob("*.json"), key=_job_order):
             if path.name == BOARD_FILE:
                 continue
@@ -575,6 +571,10 @@ class Board:
                 if state.get("line"):
                     style = "green" if state.get("status") in DONE else "red"
                     self._print(state["line"], style=style)
+        for text in self._tail(SWEEP_LOG, final):  # after the jobs' closing lines: Hydra's next job
+            shown = shown_line(text)
+            if shown is not None:
+                self._print(shown)
         by_folder = {s.get("folder") or f"#{k}": s for k, s in self.states.items()}
         self.counted = tally(self.total, self._records(), by_folder, time.time())
         self._slots = max(self._slots, len(self.counted.running))

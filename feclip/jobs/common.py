@@ -254,7 +254,7 @@ def closing_block(
         lines.append(f"  run:    {tracking.run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}")
         command = tracking.ui_command(tracker.uri)
         if command:
-            lines.append(f"  (serve the UI first: {command})")
+            lines.append(f"  serve the UI: {command}")
     return "\n".join(lines)
 
 
