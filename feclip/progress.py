@@ -458,6 +458,7 @@ def job_row(state: dict, now: float, width: int, name_width: int) -> str:
 
 HYDRA_TIME = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\]")
 HYDRA_RECORD = re.compile(r"^\[([^\]]+)\]\[(\w+)\] - (.*)$")
+REPEATABLE = re.compile(r"^[\w.]+ (WARNING|INFO): ")  # a log record shown once for all jobs
 
 
 def shown_line(text: str) -> str | None:
@@ -528,6 +529,8 @@ class Board:
         self.counted = Tally(total)
         self._tails: dict[str, _Tail] = {}
         self._closed: set[str] = set()
+        self._seen: set[str] = set()
+        self.repeated = 0  # records not shown again (`_repeats`)
         self._slots = 1
         self._live = None
         self._thread: threading.Thread | None = None
@@ -564,7 +567,7 @@ class Board:
             self.states[key] = state
             for text in self._tail(f"{key}.log", final or bool(state.get("ended"))):
                 shown = shown_line(text)
-                if shown is not None:
+                if shown is not None and not self._repeats(shown):
                     self._print(shown, prefix=state.get("label", key))
             if state.get("ended") and key not in self._closed:
                 self._closed.add(key)
@@ -579,6 +582,17 @@ class Board:
         self.counted = tally(self.total, self._records(), by_folder, time.time())
         self._slots = max(self._slots, len(self.counted.running))
         self.counted.slots = self._slots
+
+    def _repeats(self, shown: str) -> bool:
+        """Whether `shown` is a warning or info record another job printed already (the random-init note of
+        every job): counted, not shown again."""
+        if not REPEATABLE.match(shown):
+            return False
+        if shown in self._seen:
+            self.repeated += 1
+            return True
+        self._seen.add(shown)
+        return False
 
     def _tail(self, name: str, final: bool) -> list[str]:
         tail = self._tails.setdefault(name, _Tail(self.folder / name))
@@ -654,6 +668,12 @@ class Board:
             self._thread.join(timeout=10)
         with contextlib.suppress(Exception):
             self.poll(final=True)
+            if self.repeated:
+                self._print(
+                    f"feclip: {self.repeated} log records the same as another job's were shown once; each "
+                    f"job's lines: {self.folder}/<job>.log",
+                    style="dim",
+                )
         (self.folder / BOARD_FILE).unlink(missing_ok=True)
         self._live.stop()
         self._live = None

@@ -135,6 +135,21 @@ def test_the_board_prints_each_jobs_lines_whole_and_its_closing_line_once(tmp_pa
     assert rows == [] and "1/3 done · 0 failed · jobs starting" in sweep and "ETA 1:00" in sweep
 
 
+def test_the_board_shows_a_warning_record_every_job_prints_once(tmp_path):
+    board, out = _board(tmp_path)
+    record = "[2026-12-07 10:00:00,000][root][WARNING] - No pretrained weights loaded"
+    for key in ("0", "1"):
+        (board.folder / f"{key}.json").write_text(json.dumps({"key": key, "label": f"job{key}"}))
+        (board.folder / f"{key}.log").write_text(f"{record}\nTraceback (most recent call last):\n")
+    board.poll()
+    assert out.getvalue().splitlines() == [
+        "job0 │ root WARNING: No pretrained weights loaded",
+        "job0 │ Traceback (most recent call last):",
+        "job1 │ Traceback (most recent call last):",
+    ]
+    assert board.repeated == 1
+
+
 JOB = """
 import os, sys, time, warnings
 from feclip import progress

@@ -219,4 +219,4 @@ def ui_command(uri: str) -> str | None:
         return None
     if os.environ.get(ENV_UI_URL):
         return f"mlflow ui --backend-store-uri {uri} (opened at {ENV_UI_URL}={ui_address()})"
-    return f"mlflow ui --backend-store-uri {uri} --port {ui_port()} (another port: export MLFLOW_PORT=N)"
+    return f"mlflow ui --backend-store-uri {uri} --port {ui_port()} (or export MLFLOW_PORT)"
