@@ -669,11 +669,11 @@ class Board:
         with contextlib.suppress(Exception):
             self.poll(final=True)
             if self.repeated:
-                self._print(
-                    f"feclip: {self.repeated} log records the same as another job's were shown once; each "
-                    f"job's lines: {self.folder}/<job>.log",
-                    style="dim",
-                )
+                folder = self.folder
+                with contextlib.suppress(ValueError):
+                    folder = folder.relative_to(Path.cwd())
+                shown_once = f"feclip: {self.repeated} repeated log records shown once"
+                self._print(f"{shown_once} (all: {folder}/<job>.log)", style="dim")
         (self.folder / BOARD_FILE).unlink(missing_ok=True)
         self._live.stop()
         self._live = None
