@@ -35,12 +35,15 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from feclip.cli import one_line_library_logs
 
 _LABEL = [""]
 CONSOLE_DIR = "console"  # <sweep dir>/console: the board's files
@@ -97,10 +100,6 @@ def lines_above_bars() -> Iterator[None]:
     every library's record is one line (`feclip.cli.one_line_library_logs`); the root logger's console
     output goes through `tqdm.write`, which lifts this process's bars while the line is printed: a warning
     never lands inside a bar."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from feclip.cli import one_line_library_logs
-
     shown = warnings.showwarning
 
     def log_warning(message, category, filename, lineno, file=None, line=None):
@@ -507,7 +506,8 @@ def board_wanted() -> bool:
 
 class Board:
     """The sweep's lines on the terminal (see the module docstring). `poll` reads the jobs' files and prints
-    their new lines; `rows` is what the live area shows. `start` / `stop` run it: file descriptors 1 and 2
+    their new lines; `rows` is what the live area shows. `records()`: the jobs' run.json records by folder
+    (their statuses and durations count the jobs). `start` / `stop` run it: file descriptors 1 and 2
     of this process go to `sweep.log` meanwhile, the terminal is drawn through a duplicate of them."""
 
     def __init__(
@@ -519,8 +519,9 @@ class Board:
         interval: float = 0.5,
         started: float | None = None,
         swept: list[str] = (),
+        records: Callable[[], dict[str, dict]] = dict,
     ):
-        self.sweep_dir, self.swept = Path(sweep_dir), list(swept)
+        self.sweep_dir, self.swept, self.records = Path(sweep_dir), list(swept), records
         self.folder = self.sweep_dir / CONSOLE_DIR
         self.total, self.interval = total, interval
         self.started = started or time.time()
@@ -549,11 +550,6 @@ class Board:
         line.append(text, style=style)
         self.console.print(line, soft_wrap=True, highlight=False)
 
-    def _records(self) -> dict[str, dict]:
-        from feclip.tracking.local import RUN_FILE, job_folders
-
-        return {str(folder): _read_json(folder / RUN_FILE) for folder in job_folders(self.sweep_dir)}
-
     def poll(self, final: bool = False) -> None:
         """Print what the jobs wrote since the last poll (a job's closing line after its own lines), then
         what the sweep's process wrote, and count the jobs."""
@@ -579,7 +575,7 @@ class Board:
             if shown is not None:
                 self._print(shown)
         by_folder = {s.get("folder") or f"#{k}": s for k, s in self.states.items()}
-        self.counted = tally(self.total, self._records(), by_folder, time.time())
+        self.counted = tally(self.total, self.records(), by_folder, time.time())
         self._slots = max(self._slots, len(self.counted.running))
         self.counted.slots = self._slots
 
@@ -696,14 +692,18 @@ _BOARD: list[Board | None] = [None]
 
 
 def start_board(
-    sweep_dir: str | Path, total: int | None, started: float | None = None, swept: list[str] = ()
+    sweep_dir: str | Path,
+    total: int | None,
+    started: float | None = None,
+    swept: list[str] = (),
+    records: Callable[[], dict[str, dict]] = dict,
 ) -> Board | None:
     """Start the sweep's board when `board_wanted`; None otherwise. `swept`: the keys the sweep varies (a
-    starting job's line shows its values)."""
+    starting job's line shows its values); `records`: as `Board`'s."""
     stop_board()
     if not board_wanted():
         return None
-    _BOARD[0] = Board(sweep_dir, total, started=started, swept=swept).start()
+    _BOARD[0] = Board(sweep_dir, total, started=started, swept=swept, records=records).start()
     return _BOARD[0]
 
 

@@ -29,6 +29,7 @@ from feclip.progress import (
     sweep_line,
     tally,
 )
+from feclip.tracking.sweep import job_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,9 @@ def test_captured_lines_show_as_the_terminal_would_without_hydras_timestamp():
 def _board(tmp_path: Path, total: int = 3) -> tuple[Board, io.StringIO]:
     out = io.StringIO()
     console = Console(file=out, width=100, force_terminal=False, color_system=None)
-    board = Board(tmp_path, total, console=console, started=time.time() - 65)
+    board = Board(
+        tmp_path, total, console=console, started=time.time() - 65, records=lambda: job_records(tmp_path)
+    )
     board.folder.mkdir(parents=True, exist_ok=True)
     return board, out
 

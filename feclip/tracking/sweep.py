@@ -147,7 +147,10 @@ class MlflowSweepCallback(Callback):
         write_json(sweep_dir / SWEEP_FILE, record)
         self._exit_hook = functools.partial(_end_aborted_sweep, sweep_dir)
         atexit.register(self._exit_hook)
-        progress.start_board(sweep_dir, record["jobs"], started=started, swept=swept_keys(config))
+        records = functools.partial(job_records, sweep_dir)
+        progress.start_board(
+            sweep_dir, record["jobs"], started=started, swept=swept_keys(config), records=records
+        )
         if not enabled:
             return
         check_tracking_uri(uri)
@@ -181,6 +184,11 @@ class MlflowSweepCallback(Callback):
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
         progress.finish_job()
+
+
+def job_records(sweep_dir: Path) -> dict[str, dict]:
+    """The run.json records of a sweep's job folders, by folder (what its board counts)."""
+    return {str(folder): read_json(folder / RUN_FILE) for folder in job_folders(sweep_dir)}
 
 
 def swept_keys(config: DictConfig) -> list[str]:
