@@ -17,9 +17,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from feclip import tracking
+from feclip import progress, tracking
 from feclip.cache import resolve_cap, size_bytes
-from feclip.cli import signals_as_exceptions
+from feclip.cli import one_line, signals_as_exceptions
 from feclip.data.sources import AUX_SOURCES
 from feclip.errors import note
 from feclip.evaluation.metrics import MetricWarning
@@ -330,8 +330,40 @@ def closing_block(
         lines.append(f"  run:    {tracking.run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}")
         command = tracking.ui_command(tracker.uri)
         if command:
-            lines.append(f"  (serve the UI first: {command})")
+            lines.append(f"  serve the UI: {command}")
     return "\n".join(lines)
+
+
+def closing_line(
+    record: dict, metrics: dict[str, float], *, headline: str | None, root: Path | None = None
+) -> str:
+    """A job's one line in a sweep: `✓ C-fft  auroc 0.7120  12 s  multirun/2026-12-07/10-00-00/3` (✗ and the
+    reason for a failed or killed job); the folder relative to `root` (the launch directory) when under it.
+    The sweep's closing lines carry the table, the parent run and how to serve the UI."""
+    status = record["status"]
+    seconds = record.get("ended", time.time()) - record.get("started", time.time())
+    parts = [f"{progress.MARKS.get(status, '?')} {record['run_name']}"]
+    if status == "FINISHED" and headline in metrics:
+        tags = record.get("tags", {})
+        flags = ["random-init"] if tags.get("feclip.random_init") == "true" else []
+        flags += ["NOT DEPLOYABLE"] if tags.get("deployable") == "false" else []
+        parts.append(f"{headline} {metrics[headline]:.4f}" + (f" ({', '.join(flags)})" if flags else ""))
+    elif status != "FINISHED":
+        reason = record.get("reason") or ""
+        parts.append(f"{status}" + (f": {one_line(reason, 100)}" if reason else ""))
+    parts.append(progress.duration(seconds))
+    folder = Path(record["job_folder"])
+    with contextlib.suppress(ValueError):
+        folder = folder.relative_to(root or Path.cwd())
+    parts.append(str(folder))
+    return "  ".join(parts)
+
+
+def launch_root() -> Path:
+    """Where the command was typed (Hydra's runtime.cwd), else the working directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
 
 
 def upload_folder(tracker: tracking.Tracker, folder: Path) -> None:
@@ -403,7 +435,13 @@ def tracked_job(
             update_run(
                 output_dir, **identity, tags=tags, status="SKIPPED", reason=f"run {done.info.run_id} finished"
             )
-            print(f"feclip: skipped {job.run_name}: run {done.info.run_id} with the same config has finished")
+            skipped = f"run {done.info.run_id} with the same config has finished"
+            if job.sweep_dir is None:
+                print(f"feclip: skipped {job.run_name}: {skipped}")
+            else:
+                progress.job_done(
+                    "SKIPPED", f"{progress.MARKS['SKIPPED']} {job.run_name}  skipped: {skipped}"
+                )
             return dict(done.data.metrics)
     params = job_params(cfg, job_reads(cfg), computed)
     update_run(
@@ -427,7 +465,13 @@ def tracked_job(
     )
     error, metrics, record = None, {}, None
     try:
-        with signals_as_exceptions(), metric_warnings() as notes, job_label(job.run_name), tracker:
+        with (
+            signals_as_exceptions(),
+            progress.lines_above_bars(),
+            metric_warnings() as notes,
+            job_label(job.run_name),
+            tracker,
+        ):
             update_run(output_dir, run_id=tracker.run_id)
             if previous and previous.get("run_id"):
                 tracker.end_stale_run(previous["run_id"], previous["status"], previous.get("reason") or "")
@@ -454,7 +498,15 @@ def tracked_job(
             ended=time.time(),
         )
         shown = metrics or (record.metrics if record else {})
-        print(closing_block(ended, shown, key_metrics=key_metrics, tracker=tracker, cache=cache_line(cfg)))
+        if job.sweep_dir is None:
+            print(
+                closing_block(ended, shown, key_metrics=key_metrics, tracker=tracker, cache=cache_line(cfg))
+            )
+        else:  # one line per job; the sweep's closing lines say where the runs and the UI are
+            headline = key_metrics[0] if key_metrics else None
+            progress.job_done(
+                ended["status"], closing_line(ended, shown, headline=headline, root=launch_root())
+            )
         if tracker.lost:
             print(
                 f"feclip: tracking was lost ({tracker.lost}); every result is in {output_dir}; log it with: "

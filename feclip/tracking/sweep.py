@@ -11,6 +11,7 @@ import functools
 import json
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,14 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from feclip import progress
 from feclip.errors import FeclipError
 from feclip.evaluation.figures import write_comparison
 from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
 from feclip.tracking.report import (
+    anchors_for,
     comparison,
     folder_runs,
-    markdown_lines,
     same_images,
     variant_domain_table,
     write_report,
@@ -108,16 +110,11 @@ def _tracking_settings(config: DictConfig) -> tuple[bool, str, str]:
 def count_jobs(config: DictConfig) -> int | None:
     """How many jobs Hydra's basic sweeper launches (`hydra.sweeper.params` + the sweep overrides), or None
     for another sweeper."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    if "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper")):
-        return None
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    arguments = [f"{key}={value}" for key, value in params.items()]
-    arguments += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    return progress.count_jobs(
+        OmegaConf.select(config, "hydra.overrides.task", default=[]) or [],
+        OmegaConf.select(config, "hydra.sweeper.params", default=None),
+        str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper")),
+    )
 
 
 class MlflowSweepCallback(Callback):
@@ -139,12 +136,22 @@ class MlflowSweepCallback(Callback):
         sweep_id = sweep_id_for(sweep_dir)
         overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        record = {"sweep_id": sweep_id, "key": uuid.uuid4().hex, "jobs": count_jobs(config)}
+        started = time.time()
+        record = {
+            "sweep_id": sweep_id,
+            "key": uuid.uuid4().hex,
+            "jobs": count_jobs(config),
+            "started": started,
+        }
         compare = OmegaConf.to_container(config.compare) if "compare" in config else None
         record |= {"overrides": overrides, "experiment": experiment, "compare": compare}
         write_json(sweep_dir / SWEEP_FILE, record)
         self._exit_hook = functools.partial(_end_aborted_sweep, sweep_dir)
         atexit.register(self._exit_hook)
+        records = functools.partial(job_records, sweep_dir)
+        progress.start_board(
+            sweep_dir, record["jobs"], started=started, swept=swept_keys(config), records=records
+        )
         if not enabled:
             return
         check_tracking_uri(uri)
@@ -163,7 +170,40 @@ class MlflowSweepCallback(Callback):
         if self._exit_hook is not None:
             atexit.unregister(self._exit_hook)
             self._exit_hook = None
+        progress.stop_board()
         end_sweep(_sweep_dir(config))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In the job's process: its line on the sweep's board, when one draws (`feclip.progress`)."""
+        if str(OmegaConf.select(config, "hydra.mode", default="")).endswith("MULTIRUN"):
+            progress.job_started(
+                _sweep_dir(config),
+                str(config.hydra.job.num),
+                folder=str(config.hydra.runtime.output_dir),
+                overrides=[str(o) for o in config.hydra.overrides.task],
+            )
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        progress.finish_job()
+
+
+def job_records(sweep_dir: Path) -> dict[str, dict]:
+    """The run.json records of a sweep's job folders, by folder (what its board counts)."""
+    return {str(folder): read_json(folder / RUN_FILE) for folder in job_folders(sweep_dir)}
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The config keys a sweep varies (`domain`, `freq`): its sweep overrides and `hydra.sweeper.params`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+    try:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+    except Exception:  # Hydra reports a bad override itself
+        return []
+    return sorted({o.get_key_element() for o in parsed if o.is_sweep_override()})
 
 
 def parent_tags(sweep_id: str, sweep_dir: Path, overrides: list[str], key: str) -> dict[str, str]:
@@ -296,20 +336,26 @@ def folded_line(sweep_id: str, folded: list[dict]) -> str:
 def _end_aborted_sweep(sweep_dir: Path) -> None:
     """Exit hook: end a parent run left RUNNING by an aborted sweep; never raise at interpreter exit."""
     try:
+        progress.stop_board()
         end_sweep(sweep_dir, aborted=True)
     except Exception as error:
         print(f"feclip: could not end the sweep's parent run: {one_line(error, 200)}", file=sys.stderr)
 
 
 def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
-    """Count the jobs, end the parent run (when tracked and still running), print the closing lines."""
+    """Count the jobs, end the parent run (when tracked and still running), print the closing lines: the
+    counts and the sweep's duration, the AUROC table (`study_summary`, at most 100 columns), the parent run
+    and once how to serve the UI, then one line per failed job (the last lines)."""
     outcome = sweep_outcome(Path(sweep_dir))
     LAST_SWEEP[:] = [outcome]
     found = study(Path(sweep_dir))
-    status, url = end_parent_run(sweep_dir, outcome, aborted=aborted)
+    status, url, command = end_parent_run(sweep_dir, outcome, aborted=aborted)
     counts = ", ".join(f"{n} {name.replace('_', '-')}" for name, n in outcome.counts.items() if n)
+    path = Path(sweep_dir) / SWEEP_FILE
+    started = (read_json(path) if path.exists() else {}).get("started")
+    took = f" in {progress.duration(time.time() - started)}" if started else ""
     print(
-        f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}"
+        f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}{took}"
         + (f" (parent run {status})" if status else "")
     )
     if outcome.folded:
@@ -318,6 +364,8 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
         print(study_summary(found.tables["auroc"], Path(sweep_dir) / REPORT_DIR))
     if url:
         print(f"  parent run: {url}")
+    if command:
+        print(f"  serve the UI: {command}")
     for record in outcome.failed:
         overrides = " ".join(record.get("overrides", [])) or "(no overrides)"
         reason = record.get("reason") or record["status"]
@@ -325,24 +373,99 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     return outcome
 
 
-def study_summary(table, report_dir: Path) -> str:
-    """The sweep's closing table: image AUROC x100 per variant and domain, where the full report is."""
+TABLE_WIDTH = 100  # columns of the sweep's closing table
+
+
+def study_summary(table, report_dir: Path, width: int = TABLE_WIDTH) -> str:
+    """The sweep's closing table: image AUROC x100 per variant and domain, at most `width` columns (the
+    intervals shortened, then left out, then the variant names shortened as needed); the anchor rows, the
+    full intervals and the notes are in report.md."""
     flag = table.attrs.get("random_init", 0)
     note = f" ({flag} of {table.attrs['n_runs']} runs random-init: tests the pipeline)" if flag else ""
-    lines = [f"  image AUROC x100{note}:", *("  " + line for line in markdown_lines(table))]
-    return "\n".join([*lines, f"  report: {report_dir / 'report.md'}"])
+    anchors = {anchor.row for anchor in anchors_for(str(table.attrs.get("metric", "auroc")))}
+    rows = [row for row in table.index if row not in anchors]
+    numbers = table.attrs.get("numbers")
+    lines = terminal_table(rows, list(table.columns), numbers, width - 2)
+    shown = "mean [95 % interval]" if "[" in "".join(lines[1:]) else "mean"
+    left = len(table.index) - len(rows)
+    more = f" and {left} published anchor rows" if left else ""
+    return "\n".join(
+        [
+            f"  image AUROC x100, {shown}{note}:",
+            *("  " + line for line in lines),
+            f"  intervals in full, notes{more}: {report_dir / 'report.md'}",
+        ]
+    )
+
+
+def terminal_table(rows: list[str], columns: list[str], numbers, width: int) -> list[str]:
+    """Variant x domain lines of at most `width` characters from a table's cell numbers (`cell_numbers`):
+    cells `50.9 [37.9, 63.5]`, else `50.9 [38, 64]`, else `50.9`; the variant names shortened last."""
+    domains = [c for c in columns if c != "mean"]
+    cells = {}
+    for cell in [] if numbers is None else numbers.to_dict("records"):
+        cells[(cell["variant"], cell["domain"])] = cell
+    for style in ("full", "short", "mean"):
+        body = []
+        for row in rows:
+            values = [_terminal_cell(cells.get((row, d)), style) for d in domains]
+            means = [cells[(row, d)]["mean"] for d in domains if (row, d) in cells]
+            mean = f"{sum(means) / len(means):.1f}" if means else "–"
+            if means and len(means) < len(domains):
+                mean += f" ({','.join(d for d in domains if (row, d) in cells)})"
+            body.append([row, *values, mean])
+        header = ["variant", *domains, "mean"]
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+        spare = width - (sum(widths[1:]) + 2 * (len(widths) - 1))
+        if spare >= min(widths[0], 24) or style == "mean":
+            widths[0] = max(min(widths[0], spare), 8)
+            return [
+                "  ".join(
+                    [_shorten(line[0], widths[0]).ljust(widths[0])]
+                    + [
+                        text.rjust(w) if i < len(domains) else text.ljust(w)
+                        for i, (text, w) in enumerate(zip(line[1:], widths[1:], strict=True))
+                    ]
+                ).rstrip()
+                for line in [header, *body]
+            ]
+    return []
+
+
+def _terminal_cell(cell: dict | None, style: str) -> str:
+    if cell is None:
+        return "–"
+    text = f"{cell['mean']:.1f}"
+    if style == "mean" or cell["lo"] != cell["lo"]:  # NaN: no interval
+        return text
+    if style == "full":
+        return f"{text} [{cell['lo']:.1f}, {cell['hi']:.1f}]"
+    return f"{text} [{cell['lo']:.0f}, {cell['hi']:.0f}]"
+
+
+def _shorten(text: str, width: int) -> str:
+    """`text` in `width` characters: the end kept (` [backbone, precision]`, ` NOT DEPLOYABLE`), the middle
+    left out."""
+    if len(text) <= width:
+        return text
+    keep_end = max(0, min(len(text) - text.find(" [") if " [" in text else 0, width // 2))
+    if "NOT DEPLOYABLE" in text:
+        keep_end = max(keep_end, min(len(" NOT DEPLOYABLE"), width // 2))
+    head = width - 1 - keep_end
+    return text[:head] + "…" + (text[len(text) - keep_end :] if keep_end else "")
 
 
 def end_parent_run(
     sweep_dir: str | Path, outcome: SweepOutcome, aborted: bool = False
-) -> tuple[str | None, str | None]:
+) -> tuple[str | None, str | None, str | None]:
     """End the sweep's parent run if it is still running: FINISHED when every job finished or was skipped
     and none is missing, else FAILED; the counts become `feclip.children_<status>` tags, the study (report
-    tables and figure, multirun.yaml) its artifacts. Returns (status, UI address). A
+    tables and figure, multirun.yaml) its artifacts. Returns (status, UI address, the command that serves
+    the UI for a sqlite store). A
     store that cannot be reached is reported in one line (the job folders keep everything for `sync`)."""
     path = parent_file(sweep_dir)
     if not path.exists():
-        return None, None
+        return None, None, None
     record = json.loads(path.read_text())
     uri = record["tracking_uri"]
     try:
@@ -356,9 +479,8 @@ def end_parent_run(
             f"feclip: could not end the sweep's parent run ({one_line(error, 160)}); sync it later",
             file=sys.stderr,
         )
-        return None, None
-    command = ui_command(uri)
-    return status, url + (f"  (serve the UI first: {command})" if command else "")
+        return None, None, None
+    return status, url, ui_command(uri)
 
 
 def log_study(client, run_id: str, sweep_dir: Path) -> None:

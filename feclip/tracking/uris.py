@@ -184,17 +184,39 @@ def one_line(error: BaseException | str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+UI_PORT = 5000  # where `mlflow ui` serves by default
+ENV_UI_URL = "FECLIP_UI_URL"  # the UI's address as the user opens it (a tunnel, a proxy)
+
+
+def ui_address() -> str:
+    """Where the MLflow UI of a sqlite store is opened: `FECLIP_UI_URL`, else the host and port `mlflow ui`
+    serves on: its own variables `MLFLOW_HOST` / `MLFLOW_PORT` (a wildcard host is opened as 127.0.0.1),
+    else 127.0.0.1:5000."""
+    if os.environ.get(ENV_UI_URL):
+        return os.environ[ENV_UI_URL].rstrip("/")
+    host = os.environ.get("MLFLOW_HOST") or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{ui_port()}"
+
+
+def ui_port() -> int:
+    port = os.environ.get("MLFLOW_PORT", "")
+    return int(port) if port.isdigit() else UI_PORT
 
 
 def run_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
     """The MLflow UI address of a run (or of its experiment's runs table): the server's own for http(s)
-    stores, `mlflow ui`'s default address for a sqlite store (see `ui_command`)."""
-    base = uri.rstrip("/") if urlsplit(uri).scheme in ("http", "https") else UI_ADDRESS
+    stores, `ui_address()` for a sqlite store (see `ui_command`)."""
+    base = uri.rstrip("/") if urlsplit(uri).scheme in ("http", "https") else ui_address()
     page = f"{base}/#/experiments/{experiment_id}"
     return f"{page}/runs/{run_id}" if run_id else f"{page}/runs"
 
 
 def ui_command(uri: str) -> str | None:
-    """The command that serves a sqlite store's UI (None for a server, which already has one)."""
-    return f"mlflow ui --backend-store-uri {uri}" if urlsplit(uri).scheme == "sqlite" else None
+    """The command that serves a sqlite store's UI where `run_url` points (None for a server, which already
+    has one): `mlflow ui --backend-store-uri <uri> --port <port>`, and how to choose another port."""
+    if urlsplit(uri).scheme != "sqlite":
+        return None
+    if os.environ.get(ENV_UI_URL):
+        return f"mlflow ui --backend-store-uri {uri} (opened at {ENV_UI_URL}={ui_address()})"
+    return f"mlflow ui --backend-store-uri {uri} --port {ui_port()} (or export MLFLOW_PORT)"

@@ -1,6 +1,7 @@
 """The record every job writes: valid JSON with undefined metrics as null and their reasons, the random-init
 and deployable flags; metric warnings are collected without being hidden; each figure reaches the run once;
-a sweep's job that computes what another of its jobs computes is folded into it."""
+a sweep's job that computes what another of its jobs computes is folded into it; a job of a sweep closes
+with one line, a single job with its block."""
 
 import json
 import math
@@ -16,6 +17,7 @@ from feclip.jobs.common import (
     JobRecord,
     _claim,
     closing_block,
+    closing_line,
     metric_warnings,
     metrics_record,
     tracked_job,
@@ -149,3 +151,35 @@ def test_of_jobs_of_one_identity_started_at_once_exactly_one_runs(tmp_path):
     (winner,) = [number for number, other in enumerate(held) if other is None]
     assert all(other["job"] == str(winner) for other in held if other is not None)
     assert [p.name for p in (tmp_path / ".identities").iterdir()] == ["0123456789abcdef.json"]
+
+
+def test_a_job_of_a_sweep_closes_with_one_line_and_a_single_job_with_its_block(tmp_path, capsys):
+    """In a sweep each job prints one line (`✓ name  auroc  seconds  folder`, the reason for a failed one);
+    the sweep's closing lines carry the table, the parent run and how to serve the UI, once."""
+    cfg = compose("tracking.enabled=false", "tracking.experiment=closing")
+
+    def body(cfg, folder, record):
+        return {"auroc": 0.712, "acc_val": 0.6}
+
+    sweep = JobInfo("C-fft", "fft", sweep_dir=str(tmp_path))
+    tracked_job(cfg, tmp_path / "3", sweep, body, key_metrics=("auroc", "acc_val"))
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("✓ C-fft  auroc 0.7120 (random-init)  ") and line.endswith(f"  {tmp_path / '3'}")
+    tracked_job(cfg, tmp_path / "job", JobInfo("C-fft", "fft"), body, key_metrics=("auroc", "acc_val"))
+    block = capsys.readouterr().out.splitlines()
+    assert (
+        block[0].startswith("feclip job C-fft: FINISHED in ") and "auroc 0.7120  acc_val 0.6000" in block[1]
+    )
+
+
+def test_the_closing_line_of_a_failed_job_says_why_and_names_its_folder_from_the_launch_directory(tmp_path):
+    record = {
+        "run_name": "B",
+        "status": "FAILED",
+        "reason": "OSError: 000003.tiff: not a readable TIFF\nmore",
+        "started": 100.0,
+        "ended": 172.0,
+        "job_folder": str(tmp_path / "multirun" / "1"),
+    }
+    line = closing_line(record, {}, headline="auroc", root=tmp_path)
+    assert line == "✗ B  FAILED: OSError: 000003.tiff: not a readable TIFF more  1 min 12 s  multirun/1"

@@ -1,6 +1,7 @@
 """feclip.report and scripts/report.py on fabricated runs logged into a tmp sqlite store."""
 
 import importlib.util
+import itertools
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from mlflow import MlflowClient
 
 from feclip.tracking import report
 from feclip.tracking.report import ReportError
+from feclip.tracking.sweep import study_summary
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "report.py"
 WINCLIP_ROW = "anchor: WinCLIP 0-shot 'industrial sensor data' (§2.2)"
@@ -285,3 +287,30 @@ def test_a_baseline_is_named_by_its_label_typed_with_a_dot_or_a_unique_prefix():
         report.baseline_label(runs, "patchcore.")
     with pytest.raises(ReportError, match="names no variant"):
         report.baseline_label(runs, "patchcore.default")
+
+
+def test_the_sweeps_closing_table_fits_100_columns():
+    """24 jobs: 3 variants (one with a long preset name, one NOT DEPLOYABLE) x 4 domains x 2 seeds with
+    intervals: the table printed at the end of a sweep stays within 100 columns, intervals shortened or left
+    out before the names, the end of a name kept; the anchors and full cells are in report.md."""
+    rows = []
+    names = ["feclip · default", "feclip · fft", "patchcore · cpd-2layer-multik-32shot-coldwarm-refs"]
+    for variant, domain, seed in itertools.product(names, "ABCD", "01"):
+        rows.append({"variant": variant, "domain": domain, "seed": seed, "auroc": 0.9 + 0.01 * int(seed)})
+    runs = pd.DataFrame(rows).assign(
+        backbone="tiny", random_init=True, run_name="r", auroc_ci_lo=0.85, auroc_ci_hi=0.95, deployable=True
+    )
+    runs.loc[runs["variant"] == "feclip · fft", "deployable"] = False
+    table = report.variant_domain_table(runs, "auroc")
+    assert max(map(len, report.markdown_lines(table))) > 100  # the markdown table does not fit
+    lines = study_summary(table, Path("multirun/x/report")).splitlines()
+    assert max(len(line) for line in lines[:-1]) <= 100, "\n".join(lines)
+    assert lines[0].startswith("  image AUROC x100, mean [95 % interval] (24 of 24 runs random-init")
+    assert lines[1].split() == ["variant", "A", "B", "C", "D", "mean"]
+    body = lines[2:-1]
+    assert [line.split()[0] for line in body] == ["feclip", "feclip", "patchcore"] and len(body) == 3
+    assert "feclip · fft NOT DEPLOYABLE" in body[1] and "90.5 [" in body[0]
+    assert "…" in body[2] and "anchor" not in "".join(body)
+    assert lines[-1] == "  intervals in full, notes and 4 published anchor rows: multirun/x/report/report.md"
+    narrow = study_summary(table, Path("r"), width=60).splitlines()
+    assert max(len(line) for line in narrow[1:-1]) <= 60 and "[" not in "".join(narrow[2:-1])

@@ -65,6 +65,26 @@ def test_check_tracking_uri_rejects_bad_schemes(uri, fragment):
         tracking.check_tracking_uri(uri)
 
 
+def test_the_ui_address_is_where_mlflow_ui_serves(monkeypatch):
+    """A sqlite store's run address uses the port `mlflow ui` serves on (its MLFLOW_PORT / MLFLOW_HOST, else
+    5000), the printed command says that port; FECLIP_UI_URL names another address (a tunnel)."""
+    for name in ("MLFLOW_PORT", "MLFLOW_HOST", "FECLIP_UI_URL"):
+        monkeypatch.delenv(name, raising=False)
+    uri = "sqlite:////data/mlflow.db"
+    assert tracking.run_url(uri, "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert tracking.ui_command(uri).startswith(f"mlflow ui --backend-store-uri {uri} --port 5000 ")
+    monkeypatch.setenv("MLFLOW_PORT", "5001")
+    monkeypatch.setenv("MLFLOW_HOST", "0.0.0.0")
+    assert tracking.run_url(uri, "3") == "http://127.0.0.1:5001/#/experiments/3/runs"
+    assert "--port 5001 " in tracking.ui_command(uri)
+    monkeypatch.setenv("FECLIP_UI_URL", "http://localhost:8080/")
+    assert tracking.run_url(uri, "3", "abc") == "http://localhost:8080/#/experiments/3/runs/abc"
+    assert (
+        tracking.run_url("http://host:5000", "3") == "http://host:5000/#/experiments/3/runs"
+    )  # a server's own
+    assert tracking.ui_command("http://host:5000") is None
+
+
 def test_check_tracking_uri_sqlite_paths(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a database\n" * 100)
