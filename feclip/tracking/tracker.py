@@ -4,7 +4,10 @@ values are not logged (MLflow charts and sorting break on NaN); their names are 
 `feclip.nonfinite_metrics`, so "not computed" stays distinguishable from "never logged".
 
 Only `MlflowClient` is used (never the fluent `mlflow.start_run` stack), so a parent run and a child run can
-be open in the same process (Hydra's basic launcher)."""
+be open in the same process (Hydra's basic launcher).
+
+An experiment feclip logs to carries its UI settings (`ui_tags`): the saved runs view `study_view` that
+`uris.run_url` opens, so MLflow's UI shows the study (runs by variant, its metrics as columns and charts)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from feclip.tracking.uris import (
+    STUDY_VIEW,
     StoreError,
     TrackingError,
     bounded_call,
@@ -38,6 +42,13 @@ PARENT_TAG = "mlflow.parentRunId"
 NONFINITE_TAG = "feclip.nonfinite_metrics"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the MLflow 3 UI's workflow view of an experiment
 ML_EXPERIMENT_KIND = "custom_model_development"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow 3.18: a saved runs view is an experiment tag
+UI_TAG = "feclip.ui"  # the version of the UI settings below an experiment carries (set on first use)
+UI_VERSION = "1"
+VIEW_TAGS = ("domain", "method", "variant", "seed")  # run tags shown as columns
+VIEW_METRICS = ("auroc", "auroc_cold", "auroc_cross", "acc_fa1", "acc_fa1_cold", "dev/auroc")
+VIEW_GROUPS = ("variant", "method")  # a variant name is unique within its method only; variant first: the
+# group's name ("variant: fft, method: feclip") is cut to the Run Name column's width
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -103,16 +114,92 @@ def artifact_location(uri: str, name: str) -> str | None:
     return (Path(path).expanduser().resolve().parent / "mlartifacts" / folder_name(name)).as_uri()
 
 
+def study_view() -> str:
+    """The saved runs view `STUDY_VIEW` as MLflow 3.18's UI stores one (experiment tag
+    `mlflow.sharedViewState.<key>`: a JSON envelope whose `state` is the JSON of the runs page's search and
+    table settings; `uris.run_url` opens it). Runs grouped by variant and method (a group row holds the
+    variant's mean over its runs; the sweep parents sit in "Additional runs"), sorted by name, the run tags
+    `VIEW_TAGS` and metrics `VIEW_METRICS` as columns; the chart view opens on one bar chart per metric with
+    one bar per job (variant x domain x seed), every run shown, MLflow's other chart sections collapsed."""
+    columns = [f"tags.`{tag}`" for tag in VIEW_TAGS] + [f"metrics.`{metric}`" for metric in VIEW_METRICS]
+    charts = [
+        {
+            "uuid": f"feclip-chart-{i}",
+            "type": "BAR",
+            "metricKey": metric,
+            "displayName": metric,
+            "metricSectionId": "feclip-study",
+            "runsCountToCompare": 1000,
+            "deleted": False,
+            "isGenerated": False,
+        }
+        for i, metric in enumerate(VIEW_METRICS)
+    ]
+    collapsed = ("Model metrics", "System metrics", "dev")  # MLflow's sections of every other metric
+    sections = [{"uuid": "feclip-study", "name": "Study", "display": True, "isReordered": True}] + [
+        {"uuid": f"feclip-section-{i}", "name": name, "display": False, "isReordered": False}
+        for i, name in enumerate(collapsed)
+    ]
+    state = {
+        "searchFilter": "",
+        "orderByKey": "tags.`mlflow.runName`",
+        "orderByAsc": True,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "selectedColumns": columns,
+        "columnOrder": columns,  # tags first: MLflow puts metrics before tags
+        "columnWidths": {column: 90 for column in columns[: len(VIEW_TAGS)]},
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": tag} for tag in VIEW_GROUPS],
+        },
+        "runsHiddenMode": "SHOW_ALL",
+        "useGroupedValuesInCharts": False,
+        "compareRunCharts": charts,
+        "compareRunSections": [{**section, "deleted": False} for section in sections],
+        "isAccordionReordered": True,
+    }
+    now = int(time.time() * 1000)
+    envelope = {"name": "feclip study", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    return json.dumps(envelope)
+
+
+def ui_tags() -> dict[str, str]:
+    """The experiment tags that make MLflow's UI open an experiment on its study (`study_view`)."""
+    return {
+        EXPERIMENT_KIND_TAG: ML_EXPERIMENT_KIND,
+        VIEW_TAG_PREFIX + STUDY_VIEW: study_view(),
+        UI_TAG: UI_VERSION,  # last: a setup cut short is redone at the next use
+    }
+
+
+def set_up_ui(client, experiment) -> None:
+    """Give an existing experiment feclip's UI settings (`ui_tags`) unless it has this version of them; a
+    view a person saved over `STUDY_VIEW` stays until feclip's settings change. A store that refuses costs
+    one warning, never the run."""
+    if experiment.tags.get(UI_TAG) == UI_VERSION:
+        return
+    try:
+        for key, value in ui_tags().items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    except Exception as error:  # a tag of a parallel job in between, a read-only store
+        warnings.warn(
+            f"MLflow experiment {experiment.name!r}: UI settings not saved ({http_reason(error)})",
+            stacklevel=3,
+        )
+
+
 def experiment_id(client, name: str, create: bool = True) -> str | None:
     """Id of the active experiment `name`; created when missing (`create`), safe against parallel creators.
-    A created experiment opens on MLflow's classic ML view (runs table), not the GenAI one."""
+    With `create`, the experiment carries feclip's UI settings (`ui_tags`: the training-runs pages, the study
+    view), an existing one from its first use on."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None and create:
         try:
             return client.create_experiment(
                 name,
                 artifact_location=artifact_location(client.tracking_uri, name),
-                tags={EXPERIMENT_KIND_TAG: ML_EXPERIMENT_KIND},
+                tags=ui_tags(),
             )
         except Exception as error:  # usually: another job created it in between
             experiment = client.get_experiment_by_name(name)
@@ -126,6 +213,8 @@ def experiment_id(client, name: str, create: bool = True) -> str | None:
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another "
             "tracking.experiment"
         )
+    if create:
+        set_up_ui(client, experiment)
     return experiment.experiment_id
 
 

@@ -204,12 +204,22 @@ def ui_port() -> int:
     return int(port) if port.isdigit() else UI_PORT
 
 
+STUDY_VIEW = "feclip-study"  # the saved runs view feclip puts on its experiments (tracker.study_view)
+# MLflow 3.18's UI shows an experiment in its GenAI pages unless the address (or the sidebar's "Model
+# training" switch, remembered per browser) says otherwise; the experiment's `mlflow.experimentKind` tag is
+# not read for that.
+ML_WORKFLOW = "workflowType=machine_learning"
+
+
 def run_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The MLflow UI address of a run (or of its experiment's runs table): the server's own for http(s)
-    stores, `ui_address()` for a sqlite store (see `ui_command`)."""
+    """The MLflow UI address of a run, or of its experiment's study view (training runs grouped by variant and
+    method, the study's metrics as columns: `STUDY_VIEW`), in the UI's "Model training" pages: the server's
+    own address for http(s) stores, `ui_address()` for a sqlite store (see `ui_command`)."""
     base = uri.rstrip("/") if urlsplit(uri).scheme in ("http", "https") else ui_address()
     page = f"{base}/#/experiments/{experiment_id}"
-    return f"{page}/runs/{run_id}" if run_id else f"{page}/runs"
+    if run_id:
+        return f"{page}/runs/{run_id}?{ML_WORKFLOW}"
+    return f"{page}/runs?viewStateShareKey={STUDY_VIEW}&{ML_WORKFLOW}"
 
 
 def ui_command(uri: str) -> str | None:
