@@ -111,11 +111,13 @@ def variant(parts: dict) -> str:
     return _name([*(c for c in parts["choices"] if c != parts["method"]), *parts["values"]])
 
 
-def _compose_base(choices: dict[str, str]) -> tuple[dict, dict[str, str]]:
-    """(the config of these group choices without value overrides, the default group choices)."""
+def _compose_base(choices: dict[str, str], searchpath: list[str]) -> tuple[dict, dict[str, str]]:
+    """(the config of these group choices without value overrides, the default group choices); `searchpath`:
+    the job's `hydra.searchpath` (config folders of the user's whose options the choices may name)."""
     from hydra import compose
 
     overrides = [f"{g}={o}" for g, o in choices.items() if "/" not in g and g != "experiment" and o != "None"]
+    overrides += [f"hydra.searchpath=[{','.join(repr(str(p)) for p in searchpath)}]"] if searchpath else []
     base = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
     defaults = compose(config_name="config", overrides=[], return_hydra_config=True).hydra.runtime.choices
     return base, {str(k): str(v) for k, v in defaults.items()}
@@ -140,7 +142,7 @@ class JobInfo:
 
         hc = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
         choices = {str(k): str(v) for k, v in hc.runtime.choices.items()}
-        base, default_choices = _compose_base(choices)
+        base, default_choices = _compose_base(choices, list(hc.get("searchpath") or []))
         job_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # composed with hydra
         parts = name_parts(OmegaConf.to_container(job_cfg, resolve=True), base, choices, default_choices)
         parent, sweep_dir = None, None

@@ -379,6 +379,14 @@ def test_identical_configs_get_identical_names_however_typed():
     assert preset.run_name == typed.run_name == "C-cpd-horizontal" and preset.variant == typed.variant
 
 
+def test_an_option_of_a_users_config_folder_names_the_run(tmp_path):
+    """`feclip run hydra.searchpath=[file:///my/conf] freq=mine`: the name's base config finds `mine` too."""
+    (tmp_path / "freq").mkdir()
+    (tmp_path / "freq" / "mine.yaml").write_text("defaults:\n  - dct\n  - _self_\nlfs:\n  window: [1, 5]\n")
+    job = job_info(f"hydra.searchpath=[file://{tmp_path}]", "freq=mine", "domain=A")
+    assert (job.run_name, job.variant) == ("A-mine", "mine")
+
+
 def test_long_run_names_are_shortened_stably():
     parts = {
         "domain": "A",
