@@ -153,3 +153,12 @@ class JobInfo:
         task = tuple(str(o) for o in hc.overrides.task)
         folder = None if sweep_dir is None else str(sweep_dir)
         return cls(run_name(parts), variant(parts), choices, parent, task, folder)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> JobInfo:
+        """For a config composed without its `hydra` node (its group choices unknown, `feclip.api`): named by
+        the values that differ from the default config (`C-transform=fft` where Hydra's job is `C-fft`).
+        Needs Hydra initialised on the config folder (`hydra.initialize_config_dir`)."""
+        base, default_choices = _compose_base({}, [])
+        parts = name_parts(OmegaConf.to_container(cfg, resolve=True), base, {}, default_choices)
+        return cls(run_name(parts), variant(parts))

@@ -387,6 +387,16 @@ def test_an_option_of_a_users_config_folder_names_the_run(tmp_path):
     assert (job.run_name, job.variant) == ("A-mine", "mine")
 
 
+def test_a_config_without_its_group_choices_is_named_by_its_values():
+    """The Python API's composed config (no `hydra` node): what differs from the default config."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        named = [JobInfo.from_config(compose(config_name="config", overrides=o)) for o in ([], ["freq=fft"])]
+    assert [(job.run_name, job.variant) for job in named] == [
+        ("C", "default"),
+        ("C-transform=fft", "transform=fft"),
+    ]
+
+
 def test_long_run_names_are_shortened_stably():
     parts = {
         "domain": "A",
