@@ -26,9 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from feclip import CONF_DIR, cli, usage
-from feclip.jobs.run import main as run_job
-from feclip.tracking.sweep import sweep_exit_code
+from feclip import CONF_DIR, cli
 
 PROG = "feclip"
 STOPPED = "what was written is whole; a started job's run.json says KILLED"
@@ -41,7 +39,7 @@ def entry(cfg: DictConfig) -> float | None:
     none. A bad input ends a single job (exit code); in a sweep it fails that job and the others go on."""
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return run_job(cfg)
+        return cli.load("feclip.jobs.run:main")(cfg)  # after Hydra composed: a mistyped override is fast
     except Exception as error:
         code = cli.report(error, PROG)
         if code is None and not sweep:
@@ -61,7 +59,7 @@ def hydra_run(overrides: Sequence[str]) -> int:
         entry()
     finally:
         sys.argv[1:] = saved
-    return sweep_exit_code()
+    return cli.load("feclip.tracking.sweep:sweep_exit_code")()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python run.py", name: str = PROG) -> int:
@@ -69,7 +67,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python run.py", name: s
     the values the registries allow (Hydra's own help: `--hydra-help`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(flag in argv for flag in HELP_FLAGS):
-        print(usage.run_help(prog, argv))
+        print(cli.load("feclip.usage:run_help")(prog, argv))
         return cli.EXIT_OK
     return cli.guard(lambda: hydra_run(argv), name, stopped=STOPPED)
 

@@ -10,15 +10,14 @@
 
 Each command is the package's own entry point (`python -m feclip.compare`, ...) under another name: the same
 options, the same error boundary (`feclip.cli`: one line, exit codes 0/1/2/3/130/143) with `feclip` as the
-prefix of its lines. A command's module is imported when it runs, so `--version`, a mistyped command and the
-commands that need no model answer without loading torch.
+prefix of its lines. A command's module is imported when it runs (`cli.load`), so `--version` and a mistyped
+command or config override answer before torch is loaded.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from feclip import __version__, cli
@@ -29,14 +28,11 @@ PROG = "feclip"
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: `module:function(argv, prog=..., name=...) -> exit code` and one line of help."""
+    """A subcommand: `module:function(argv, prog=..., name=...) -> exit code` (loaded when it runs,
+    `cli.load`) and one line of help."""
 
     target: str
     summary: str
-
-    def load(self) -> Callable[..., int]:
-        module, _, function = self.target.partition(":")
-        return getattr(importlib.import_module(module), function)
 
 
 COMMANDS = {
@@ -51,7 +47,6 @@ COMMANDS = {
     "sync": Command("feclip.tracking.commands:sync_main", "log finished job folders into an MLflow store"),
     "cache": Command("feclip.cache:main", "list or clear the frozen-feature cache"),
 }
-CONFIG_HELP = Command("feclip.usage:config_help", "the config groups and the registry-checked values")
 
 
 def overview() -> str:
@@ -84,8 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return cli.EXIT_OK
     if first in ("-h", "--help"):
-        print(f"{overview()}\n\n{CONFIG_HELP.load()()}")
+        print(f"{overview()}\n\n{cli.load('feclip.usage:config_help')()}")
         return cli.EXIT_OK
     if first not in COMMANDS:
         return cli.guard(lambda: unknown(first), PROG)
-    return COMMANDS[first].load()(argv[1:], prog=f"{PROG} {first}", name=PROG)
+    return cli.load(COMMANDS[first].target)(argv[1:], prog=f"{PROG} {first}", name=PROG)

@@ -15,6 +15,14 @@ from feclip import app, config, console, usage
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
+def test_the_command_line_is_read_before_torch_is_imported():
+    """A mistyped command or config override answers in about a second: the entry points load their
+    work (torch, open_clip, mlflow) only when it runs (`cli.load`)."""
+    code = "import sys, feclip.app, feclip.console; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.stdout == "[]\n", done.stderr
+
+
 def test_version_is_the_package_metadata(capsys):
     assert console.main(["--version"]) == 0
     assert capsys.readouterr().out == f"feclip {feclip.__version__}\n" and feclip.__version__[0].isdigit()
