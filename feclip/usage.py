@@ -38,13 +38,13 @@ def description(path: Path) -> str:
 
 def group_options(folders: Sequence[Path]) -> dict[str, dict[str, str]]:
     """{group: {option: description}} of every `<group>/<option>.yaml` in the folders (nested groups as
-    `hydra/launcher`); an option of a later folder replaces one of the same name."""
+    `hydra/launcher`); of options of the same name the first folder's, as on Hydra's search path."""
     groups: dict[str, dict[str, str]] = {}
     for folder in folders:
         for path in sorted(folder.rglob("*.yaml")):
             group = path.parent.relative_to(folder).as_posix()
             if group != ".":
-                groups.setdefault(group, {})[path.stem] = description(path)
+                groups.setdefault(group, {}).setdefault(path.stem, description(path))
     return groups
 
 

@@ -26,6 +26,7 @@ def test_the_command_line_is_read_before_torch_is_imported():
 def test_version_is_the_package_metadata(capsys):
     assert console.main(["--version"]) == 0
     assert capsys.readouterr().out == f"feclip {feclip.__version__}\n" and feclip.__version__[0].isdigit()
+    assert f"\n## [{feclip.__version__}] - " in (ROOT / "CHANGELOG.md").read_text()  # each version has an entry
 
 
 def test_help_lists_the_commands_the_config_groups_and_the_registries(capsys):
