@@ -112,6 +112,7 @@ def _data(tmp: Path, cache: Path, root: Path | None = None) -> list[str]:
         f"data.root={root or tmp / 'hdmap'}",
         f"data.synthetic.n_train={N_TRAIN}",
         f"data.synthetic.n_test={N_TEST}",
+        f"eval.split.refs_per_condition={N_TEST // 4}",  # of N_TEST // 2 test/good per condition
         "train.epochs=1",
         f"cache_dir={cache}",
         "tracking=off",

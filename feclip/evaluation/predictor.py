@@ -18,7 +18,7 @@ import glob
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,20 +286,22 @@ def _ignore(key: Any, image: np.ndarray, amap: np.ndarray) -> None:
 
 def _predict(
     predictor: Predictor,
-    batches: Iterable[list[Read]],
+    inputs: Sequence[Any],
+    reader: Callable[[Any], Read],
     rt: Runtime,
     *,
     column: str,
     operating_point: str,
     on_flagged: Flagged = _ignore,
 ) -> pd.DataFrame:
-    """One row per read image, in input order: `column` (path | index), status, score, map_max, decision,
-    zscore (and gate); the images of one batch and shape are scored together, unreadable ones keep their
-    status."""
+    """One row per input, in input order: `column` (path | index), status, score, map_max, decision, zscore
+    (and gate). `reader` reads an input batch by batch; the images of one batch and shape are scored
+    together, unreadable ones keep their status."""
     calibration.threshold(predictor.record, operating_point)  # an unknown operating point fails here
     routed = predictor.record.get("condition_from") == "gate"  # per-condition thresholds follow the gate
     rows, order = [], []
-    for read in batches:
+    for start in progress(range(0, len(inputs), rt.batch_size), "predict", unit="batch"):
+        read = [reader(item) for item in inputs[start : start + rt.batch_size]]
         order += [key for key, _, _ in read]
         for shape in {image.shape for _, image, _ in read if image is not None}:
             group = [
@@ -333,12 +335,14 @@ def predict_files(
     on_flagged: Flagged = _ignore,
 ) -> pd.DataFrame:
     """One row per file: path, status, score, map_max, decision, zscore (and gate); streamed in batches."""
-    batches = (
-        [(path, *_read(path, predictor.image_shape)) for path in files[start : start + rt.batch_size]]
-        for start in progress(range(0, len(files), rt.batch_size), "predict", unit="batch")
-    )
     table = _predict(
-        predictor, batches, rt, column="path", operating_point=operating_point, on_flagged=on_flagged
+        predictor,
+        files,
+        lambda path: (path, *_read(path, predictor.image_shape)),
+        rt,
+        column="path",
+        operating_point=operating_point,
+        on_flagged=on_flagged,
     )
     return table.assign(path=table["path"].map(str))
 
@@ -360,9 +364,14 @@ def predict_arrays(
     wrong = next((m.shape for m in maps if m.ndim != 2), None)
     if wrong is not None:
         raise PredictError(f"a map of shape {wrong}: expected (N, H, W) maps or a list of (H, W) maps")
-    reads = [_array_read(i, image, predictor.image_shape) for i, image in enumerate(maps)]
-    batches = (reads[start : start + rt.batch_size] for start in range(0, len(reads), rt.batch_size))
-    return _predict(predictor, batches, rt, column="index", operating_point=operating_point)
+    return _predict(
+        predictor,
+        list(enumerate(maps)),
+        lambda item: _array_read(*item, predictor.image_shape),
+        rt,
+        column="index",
+        operating_point=operating_point,
+    )
 
 
 def summary(table: pd.DataFrame, operating_point: str) -> dict[str, Any]:
