@@ -17,8 +17,8 @@ in one line and recomputed. `train.cache_max_gb` caps the folder (`auto`: its si
 disk): the least recently used entries are removed
 first. List or clear the cache with
 
-    python -m feclip.cache --list [--dir data/cache]
-    python -m feclip.cache --clear [--older-than DAYS] [--dir data/cache]
+    feclip cache --list [--dir data/cache]                        (or python -m feclip.cache)
+    feclip cache --clear [--older-than DAYS] [--dir data/cache]
 """
 
 from __future__ import annotations
@@ -233,10 +233,11 @@ def evict(folder: Path, *, max_bytes: int, keep: str | None = None) -> list[str]
     return removed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m feclip.cache", description="List or clear the frozen-feature cache."
-    )
+def main(
+    argv: list[str] | None = None, prog: str = "python -m feclip.cache", name: str = "feclip.cache"
+) -> int:
+    """The exit code; `prog`: the command's name in its usage, `name`: the prefix of its one-line errors."""
+    parser = argparse.ArgumentParser(prog=prog, description="List or clear the frozen-feature cache.")
     parser.add_argument(
         "--dir", type=Path, default=Path("data/cache"), help="cache folder (config cache_dir)"
     )
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "--older-than", type=float, default=None, metavar="DAYS", help="with --clear: unused for DAYS"
     )
     args = parser.parse_args(argv)
-    return guard(lambda: _list_or_clear(args), "feclip.cache")
+    return guard(lambda: _list_or_clear(args), name)
 
 
 def _list_or_clear(args: argparse.Namespace) -> int:

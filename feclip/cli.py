@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from feclip.errors import FeclipError, Terminated
 
@@ -115,6 +117,14 @@ def report(error: BaseException, prog: str, stopped: str = "") -> int | None:
     suffix = f"; {stopped}" if stopped and isinstance(error, KeyboardInterrupt) else ""
     print(f"{prog}: {message}{suffix}", file=sys.stderr, flush=True)
     return code
+
+
+def load(target: str) -> Callable[..., Any]:
+    """The function `module:function` names, its module imported now. Entry points load their work this
+    way, so that what is read from the command line first (a mistyped command or config override,
+    --version) answers before torch, open_clip and mlflow are imported (seconds)."""
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def guard(main: Callable[[], int | None], prog: str = "feclip", stopped: str = "") -> int:

@@ -1,6 +1,6 @@
-"""`python -m feclip.compare`: finished runs against a baseline variant, paired on identical images.
+"""`feclip compare`: finished runs against a baseline variant, paired on identical images.
 
-    python -m feclip.compare multirun/2026-12-08/10-00-00 [more sweep or job folders ...] \\
+    feclip compare multirun/2026-12-08/10-00-00 [more sweep or job folders ...] \\
         --baseline patchcore.tiny --metric acc_fa1_cold --domain C [--part test] [--out delta.csv]
 
 Reads the job folders (run.json, metrics.json, scores.csv), keeps per domain the runs scored on the same
@@ -21,8 +21,8 @@ from feclip.files import write_text
 from feclip.tracking.report import comparison, comparison_lines, folder_runs, same_images
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m feclip.compare", description=__doc__.splitlines()[0])
+def parse_args(argv=None, prog: str = "python -m feclip.compare") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders or job folders")
     parser.add_argument(
         "--baseline",
@@ -53,9 +53,10 @@ def _compare(args: argparse.Namespace) -> None:
         write_text(args.out, table.to_csv(index=False))
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    return guard(lambda: _compare(args), "feclip.compare")
+def main(argv=None, prog: str = "python -m feclip.compare", name: str = "feclip.compare") -> int:
+    """The exit code; `prog`: the command's name in its usage, `name`: the prefix of its one-line errors."""
+    args = parse_args(argv, prog)
+    return guard(lambda: _compare(args), name)
 
 
 if __name__ == "__main__":

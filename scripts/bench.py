@@ -5,7 +5,7 @@ Not a test: it prints measurements.
     python scripts/bench.py                                         # tiny random-init ViT, CPU, offline
     python scripts/bench.py --backbone vit_b16 --batch 8 --repeats 5
     python scripts/bench.py --backbone vit_l14_336 --image-size 336 --batch 32 --precision bf16 --device cuda
-    python scripts/bench.py --patchcore                             # + PatchCore (conf/method/patchcore.yaml)
+    python scripts/bench.py --patchcore                             # + PatchCore (method/patchcore.yaml)
     python scripts/bench.py --backbone vit_b16 --cache 1000 --skip inference,lfs,taps,train   # token cache
     python scripts/bench.py --sweep                                 # + one job's phase split, full sweep wall
 
@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from feclip import CONF_DIR  # noqa: E402
 from feclip.errors import FeclipError  # noqa: E402
 from feclip.model.adapters import LFS, LFS_STATISTICS  # noqa: E402
 from feclip.model.backbone import ClipBackbone, backbone_config  # noqa: E402
@@ -74,7 +75,7 @@ from feclip.model.winograd import (  # noqa: E402
 from feclip.precision import PRECISIONS  # noqa: E402
 from feclip.precision import policy as precision_policy  # noqa: E402
 
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 TRANSFORM_NAMES = ("dct", "fft")
 
 
@@ -159,7 +160,7 @@ def parse_taps(text: str):
 
 # ---------------------------------------------------------------------------------------------- backbone
 def resolve_backbone(name: str) -> dict:
-    """A conf/backbone name (tiny, vit_b16, ...) or an open_clip model name -> name, pretrained, input
+    """A feclip/conf/backbone name (tiny, vit_b16, ...) or an open_clip model name -> name, pretrained, input
     size."""
     path = CONF / "backbone" / f"{name}.yaml"
     if path.is_file():
@@ -175,7 +176,7 @@ def resolve_backbone(name: str) -> dict:
     except FeclipError as error:
         known = ", ".join(sorted(p.stem for p in (CONF / "backbone").glob("*.yaml")))
         raise BenchError(
-            f"--backbone {name!r}: neither conf/backbone/<name>.yaml ({known}) nor {error}"
+            f"--backbone {name!r}: neither feclip/conf/backbone/<name>.yaml ({known}) nor {error}"
         ) from None
     return {"conf": None, "name": name, "pretrained": None, "input_size": (224, 224)}
 
@@ -422,7 +423,7 @@ def bench_train(backbone, images, text, args, ctx) -> dict:
 
 
 def bench_patchcore(args, ctx) -> dict:
-    """PatchCore of conf/method/patchcore.yaml: feature extraction, coreset selection, kNN scoring."""
+    """PatchCore of feclip/conf/method/patchcore.yaml: feature extraction, coreset selection, kNN scoring."""
     from feclip.methods.patchcore.coreset import greedy_coreset
     from feclip.methods.patchcore.method import PatchCoreMethod
     from feclip.methods.patchcore.model import anomaly_map, score_patches
@@ -494,7 +495,7 @@ def bench_patchcore(args, ctx) -> dict:
         ["full forward (features + kNN + map)", f"{ms(times['full'] / n)} / image"],
     ]
     table(
-        f"PatchCore (conf/method/patchcore.yaml: backbone {settings['backbone']}, {weights}, input {h}x{w}, "
+        f"PatchCore (method/patchcore.yaml: backbone {settings['backbone']}, {weights}, input {h}x{w}, "
         f"{ctx['device'].type}, {args.precision})",
         ["quantity", "value"],
         rows,
@@ -841,7 +842,7 @@ def bench_full_sweep(args, stamp: str) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--backbone", default="tiny", help="conf/backbone name or open_clip model (default tiny)"
+        "--backbone", default="tiny", help="feclip/conf/backbone name or open_clip model (default tiny)"
     )
     parser.add_argument(
         "--weights",
@@ -862,7 +863,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-taps", default="spread3", help="taps of the training step (default spread3)")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: inference,lfs,taps,train")
     parser.add_argument(
-        "--patchcore", action="store_true", help="also time PatchCore (conf/method/patchcore.yaml)"
+        "--patchcore", action="store_true", help="also time PatchCore (feclip/conf/method/patchcore.yaml)"
     )
     parser.add_argument("--patchcore-train", type=int, default=32, help="train images for the PatchCore bank")
     parser.add_argument(

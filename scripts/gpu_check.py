@@ -30,6 +30,7 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from feclip import CONF_DIR  # noqa: E402
 from feclip.jobs.run import main  # noqa: E402
 from feclip.tracking import JobInfo  # noqa: E402
 
@@ -73,7 +74,7 @@ PREDICT_RTOL = {"fp32": 1e-5, "bf16": 1e-2}
 
 
 def _cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 

@@ -95,7 +95,7 @@ step bench 300 "$PY" scripts/bench.py "${BENCH[@]}" --json "${LOG_DIR}/bench.jso
 # 3) the study rehearsal: every method at realistic size in fp32 and bf16, predict, the policy's agreement
 step study 300 "$PY" scripts/gpu_check.py "${STUDY[@]}" --out "${LOG_DIR}/study"
 
-# 4) a smoke sweep (conf/experiment/smoke.yaml: 1 epoch, few images) through Hydra's multirun and MLflow
+# 4) a smoke sweep (feclip/conf/experiment/smoke.yaml: 1 epoch, few images) through Hydra's multirun and MLflow
 step sweep 240 "$PY" run.py -m experiment=smoke "device=${DEVICE}" "domain=${DOMAINS}" \
     tracking.experiment=gpu_check "tracking.uri=sqlite:///${LOG_DIR}/mlflow.db" "hydra.sweep.dir=${LOG_DIR}/multirun" \
     "data.root=${LOG_DIR}/hdmap_smoke" "cache_dir=${LOG_DIR}/cache"

@@ -1,5 +1,5 @@
-"""Shared test helpers: compose the project's Hydra config, overrides for a tiny synthetic HDMAP set, real
-faults of the file system (a full disk, an immutable folder)."""
+"""Shared test helpers: compose the project's Hydra config (`feclip.api.compose`), overrides for a tiny
+synthetic HDMAP set, real faults of the file system (a full disk, an immutable folder)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from omegaconf import DictConfig
 
+from feclip import CONF_DIR
+from feclip.api import compose  # noqa: F401  (the tests import it from here)
 from feclip.data.sets import ImageSet, labelled_set
 from feclip.data.transforms import HDMAPInput
 from feclip.model.backbone import ClipBackbone
 from feclip.model.feclip import FEClip, FEClipConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR  # feclip/conf
 SMALL_SPLIT = 10  # the cold/warm split of the conftest `small_root` (20 test images per class)
-
-
-def compose(*overrides: str, hydra: bool = False) -> DictConfig:
-    """The composed config of `conf/` with `overrides` (as on the command line); `hydra`: with the `hydra`
-    node (resolved choices, sweeper params)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def small_data(tmp: Path, n: int = 40) -> list[str]:

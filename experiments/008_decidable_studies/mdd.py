@@ -1,7 +1,7 @@
-"""Minimum detectable differences (80 % power, two-sided alpha 0.05) for HDMAP's sizes under the default study
-split (conf/eval/hdmap.yaml: refs 100 per condition, dev 20 %), per domain: the test part's images, all and
-cold only, for AUROC (Hanley-McNeil, unpaired and paired at correlation 0.8) and accuracy (paired McNemar at a
-discordance rate, and unpaired).
+"""Minimum detectable differences (80 % power, two-sided alpha 0.05) for HDMAP's sizes under the default
+study split (feclip/conf/eval/hdmap.yaml: refs 100 per condition, dev 20 %), per domain: the test part's
+images, all and cold only, for AUROC (Hanley-McNeil, unpaired and paired at correlation 0.8) and accuracy
+(paired McNemar at a discordance rate, and unpaired).
 
     python experiments/008_decidable_studies/mdd.py
 """
@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from feclip import CONF_DIR
 from feclip.evaluation import stats
 from feclip.evaluation.split import split_test
 
-CONF = OmegaConf.load("conf/eval/hdmap.yaml").split
+CONF = OmegaConf.load(CONF_DIR / "eval" / "hdmap.yaml").split
 
 
 def hdmap_test_meta() -> pd.DataFrame:

@@ -18,7 +18,7 @@ import glob
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,13 +229,18 @@ def list_inputs(pattern: str) -> list[Path]:
     return files
 
 
+def _status(shape: tuple[int, ...], expected: tuple[int, int]) -> str:
+    """ok, or `shape_mismatch HxW` (still scored) for an image of another shape than the calibrated one."""
+    return "ok" if tuple(shape) == tuple(expected) else f"shape_mismatch {shape[0]}x{shape[1]}"
+
+
 def _read(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
     """(image or None, status): ok | shape_mismatch HxW (still scored) | error: reason."""
     try:
         image = read_tiff(path)
     except (ValueError, OSError) as error:
         return None, f"error: {error}"
-    return image, "ok" if image.shape == tuple(shape) else f"shape_mismatch {image.shape[0]}x{image.shape[1]}"
+    return image, _status(image.shape, shape)
 
 
 @torch.inference_mode()
@@ -261,14 +266,64 @@ def _score(predictor: Predictor, images: list[np.ndarray], rt: Runtime) -> dict[
     }
 
 
-def _row(path: Path, status: str, score: float, map_max: float, threshold: float, record: dict) -> dict:
-    """One file's result; a non-finite score is an error status with no decision."""
-    row = {"path": str(path), "status": status, "score": score, "map_max": map_max}
+def _row(key: dict, status: str, score: float, map_max: float, threshold: float, record: dict) -> dict:
+    """One image's result (`key`: {path or index: value}); a non-finite score is an error, no decision."""
+    row = {**key, "status": status, "score": score, "map_max": map_max}
     if not math.isfinite(score):
         return {**row, "status": NONFINITE}
     row["decision"] = "fault" if score > threshold else "normal"
     row["zscore"] = float(calibration.zscore(np.array([score]), record)[0])
     return row
+
+
+Read = tuple[Any, "np.ndarray | None", str]  # (path or index, the image (H, W) or None, status)
+Flagged = Callable[[Any, np.ndarray, np.ndarray], None]  # (path or index, image (H, W), map (H, W))
+
+
+def _ignore(key: Any, image: np.ndarray, amap: np.ndarray) -> None:
+    """The default `on_flagged`: nothing."""
+
+
+def _predict(
+    predictor: Predictor,
+    inputs: Sequence[Any],
+    reader: Callable[[Any], Read],
+    rt: Runtime,
+    *,
+    column: str,
+    operating_point: str,
+    on_flagged: Flagged = _ignore,
+) -> pd.DataFrame:
+    """One row per input, in input order: `column` (path | index), status, score, map_max, decision, zscore
+    (and gate). `reader` reads an input batch by batch; the images of one batch and shape are scored
+    together, unreadable ones keep their status."""
+    calibration.threshold(predictor.record, operating_point)  # an unknown operating point fails here
+    routed = predictor.record.get("condition_from") == "gate"  # per-condition thresholds follow the gate
+    rows, order = [], []
+    for start in progress(range(0, len(inputs), rt.batch_size), "predict", unit="batch"):
+        read = [reader(item) for item in inputs[start : start + rt.batch_size]]
+        order += [key for key, _, _ in read]
+        for shape in {image.shape for _, image, _ in read if image is not None}:
+            group = [
+                (key, image, status)
+                for key, image, status in read
+                if image is not None and image.shape == shape
+            ]
+            result = _score(predictor, [image for _, image, _ in group], rt)
+            for j, (key, image, status) in enumerate(group):
+                score, map_max = float(result["score"][j]), float(result["map_max"][j])
+                condition = str(result["gate"][j]) if routed else None
+                threshold = calibration.threshold(predictor.record, operating_point, condition=condition)
+                row = _row({column: key}, status, score, map_max, threshold, predictor.record)
+                if result["gate"] is not None:
+                    row["gate"] = str(result["gate"][j])
+                if row.get("decision") == "fault":
+                    on_flagged(key, image, result["map"][j])
+                rows.append(row)
+        rows += [{column: key, "status": status} for key, image, status in read if image is None]
+    table = pd.DataFrame(rows, columns=list(dict.fromkeys([column, "status", *(k for r in rows for k in r)])))
+    position = {key: i for i, key in enumerate(order)}
+    return table.sort_values(column, key=lambda keys: keys.map(position)).reset_index(drop=True)
 
 
 def predict_files(
@@ -277,35 +332,46 @@ def predict_files(
     rt: Runtime,
     *,
     operating_point: str,
-    on_flagged: Callable[[Path, np.ndarray, np.ndarray], None] = lambda path, image, amap: None,
+    on_flagged: Flagged = _ignore,
 ) -> pd.DataFrame:
     """One row per file: path, status, score, map_max, decision, zscore (and gate); streamed in batches."""
-    calibration.threshold(predictor.record, operating_point)  # an unknown operating point fails here
-    routed = predictor.record.get("condition_from") == "gate"  # per-condition thresholds follow the gate
-    rows = []
-    for start in progress(range(0, len(files), rt.batch_size), "predict", unit="batch"):
-        read = [(path, *_read(path, predictor.image_shape)) for path in files[start : start + rt.batch_size]]
-        for shape in {image.shape for _, image, _ in read if image is not None}:
-            group = [
-                (path, image, status)
-                for path, image, status in read
-                if image is not None and image.shape == shape
-            ]
-            result = _score(predictor, [image for _, image, _ in group], rt)
-            for j, (path, image, status) in enumerate(group):
-                score, map_max = float(result["score"][j]), float(result["map_max"][j])
-                condition = str(result["gate"][j]) if routed else None
-                threshold = calibration.threshold(predictor.record, operating_point, condition=condition)
-                row = _row(path, status, score, map_max, threshold, predictor.record)
-                if result["gate"] is not None:
-                    row["gate"] = str(result["gate"][j])
-                if row.get("decision") == "fault":
-                    on_flagged(path, image, result["map"][j])
-                rows.append(row)
-        rows += [{"path": str(path), "status": status} for path, image, status in read if image is None]
-    order = {str(path): i for i, path in enumerate(files)}
-    table = pd.DataFrame(rows, columns=list(dict.fromkeys(["path", "status", *(k for r in rows for k in r)])))
-    return table.sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+    table = _predict(
+        predictor,
+        files,
+        lambda path: (path, *_read(path, predictor.image_shape)),
+        rt,
+        column="path",
+        operating_point=operating_point,
+        on_flagged=on_flagged,
+    )
+    return table.assign(path=table["path"].map(str))
+
+
+def _array_read(index: int, image: np.ndarray, shape: tuple[int, int]) -> Read:
+    """An in-memory map as `_read` gives a file: non-finite pixels are an error status, not a score."""
+    bad = int((~np.isfinite(image)).sum())
+    if bad:
+        return index, None, f"error: {bad} non-finite pixel values (NaN/inf); expected finite floats"
+    return index, image, _status(image.shape, shape)
+
+
+def predict_arrays(
+    predictor: Predictor, images: Sequence[np.ndarray], rt: Runtime, *, operating_point: str
+) -> pd.DataFrame:
+    """One row per map of `images` (each (H, W), in the units of the HDMAP TIFFs): index (its position),
+    status, score, map_max, decision, zscore (and gate), as `predict_files` gives for files."""
+    maps = [np.asarray(image, dtype=np.float32) for image in images]
+    wrong = next((m.shape for m in maps if m.ndim != 2), None)
+    if wrong is not None:
+        raise PredictError(f"a map of shape {wrong}: expected (N, H, W) maps or a list of (H, W) maps")
+    return _predict(
+        predictor,
+        list(enumerate(maps)),
+        lambda item: _array_read(*item, predictor.image_shape),
+        rt,
+        column="index",
+        operating_point=operating_point,
+    )
 
 
 def summary(table: pd.DataFrame, operating_point: str) -> dict[str, Any]:

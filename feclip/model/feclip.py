@@ -8,7 +8,7 @@ f_hat replaces the patch tokens in the stream entering block n + 1. Per tap, wit
 with g = text features [normal, abnormal] and fc ONE learnable Linear(D, E) shared by all taps: the paper's
 plain Linear (default init, with bias: `fc_init='random'`, `fc_bias=True`, the default), or initialised from
 CLIP's projection without bias (`fc_init='clip_projection'`, `fc_bias=False`: an untrained fc then reproduces
-CLIP's own patch projection; conf/model/fc_clip_init.yaml). The outputs are the means
+CLIP's own patch projection; feclip/conf/model/fc_clip_init.yaml). The outputs are the means
 over taps; `score='cls+max_map'` adds max(map); `smoothing_sigma` Gaussian-blurs the final map.
 `adapters=False` is the plain-CLIP baseline: no adapters, CLIP's projection for the patches too.
 

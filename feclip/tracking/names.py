@@ -146,11 +146,13 @@ def run_name(parts: dict) -> str:
     return _name([p for p in (parts["domain"], *parts["choices"], *parts["values"], parts["seed"]) if p])
 
 
-def _compose_base(choices: dict[str, str]) -> tuple[dict, dict[str, str]]:
-    """(the config of these group choices without value overrides, the default group choices)."""
+def _compose_base(choices: dict[str, str], searchpath: list[str]) -> tuple[dict, dict[str, str]]:
+    """(the config of these group choices without value overrides, the default group choices); `searchpath`:
+    the job's `hydra.searchpath` (config folders of the user's whose options the choices may name)."""
     from hydra import compose
 
     overrides = [f"{g}={o}" for g, o in choices.items() if "/" not in g and g != "experiment" and o != "None"]
+    overrides += [f"hydra.searchpath=[{','.join(repr(str(p)) for p in searchpath)}]"] if searchpath else []
     base = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
     defaults = compose(config_name="config", overrides=[], return_hydra_config=True).hydra.runtime.choices
     return base, {str(k): str(v) for k, v in defaults.items()}
@@ -177,7 +179,7 @@ class JobInfo:
 
         hc = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
         choices = {str(k): str(v) for k, v in hc.runtime.choices.items()}
-        base, default_choices = _compose_base(choices)
+        base, default_choices = _compose_base(choices, list(hc.get("searchpath") or []))
         job_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # composed with hydra
         resolved = OmegaConf.to_container(job_cfg, resolve=True)
         parts = name_parts(resolved, base, choices, default_choices, reads)
@@ -189,3 +191,12 @@ class JobInfo:
         task = tuple(str(o) for o in hc.overrides.task)
         folder = None if sweep_dir is None else str(sweep_dir)
         return cls(run_name(parts), variant(parts), choices, parent, task, folder)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> JobInfo:
+        """For a config composed without its `hydra` node (its group choices unknown, `feclip.api`): named by
+        the values that differ from the default config (`C-transform=fft` where Hydra's job is `C-fft`).
+        Needs Hydra initialised on the config folder (`hydra.initialize_config_dir`)."""
+        base, default_choices = _compose_base({}, [])
+        parts = name_parts(OmegaConf.to_container(cfg, resolve=True), base, {}, default_choices)
+        return cls(run_name(parts), variant(parts))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from feclip import CONF_DIR
 from feclip.data.faults import (
     BandFaultConfig,
     BandFaultError,
@@ -158,7 +159,7 @@ def strips(**overrides) -> BandFaultConfig:
 
 def test_default_family_is_the_distinct_training_family_and_the_yaml_names_every_field():
     assert BandFaultConfig().family == "training"
-    yaml = OmegaConf.load(Path(__file__).parents[2] / "conf/aux/synthetic_faults.yaml")
+    yaml = OmegaConf.load(CONF_DIR / "aux/synthetic_faults.yaml")
     assert list(yaml.fault) == [field.name for field in fields(BandFaultConfig)]
     assert BandFaultConfig(**OmegaConf.to_container(yaml.fault)) == BandFaultConfig()
 

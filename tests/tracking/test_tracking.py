@@ -474,6 +474,24 @@ def test_a_long_variant_is_whole_in_its_run_name():
     assert len(job.variant) == 64
 
 
+def test_an_option_of_a_users_config_folder_names_the_run(tmp_path):
+    """`feclip run hydra.searchpath=[file:///my/conf] freq=mine`: the name's base config finds `mine` too."""
+    (tmp_path / "freq").mkdir()
+    (tmp_path / "freq" / "mine.yaml").write_text("defaults:\n  - dct\n  - _self_\nlfs:\n  window: [1, 5]\n")
+    job = job_info(f"hydra.searchpath=[file://{tmp_path}]", "freq=mine", "domain=A")
+    assert (job.run_name, job.variant) == ("A-mine", "mine")
+
+
+def test_a_config_without_its_group_choices_is_named_by_its_values():
+    """The Python API's composed config (no `hydra` node): what differs from the default config."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        named = [JobInfo.from_config(compose(config_name="config", overrides=o)) for o in ([], ["freq=fft"])]
+    assert [(job.run_name, job.variant) for job in named] == [
+        ("C", "default"),
+        ("C-transform=fft", "transform=fft"),
+    ]
+
+
 def test_long_run_names_are_shortened_stably():
     parts = {
         "domain": "A",

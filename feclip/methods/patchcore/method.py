@@ -1,4 +1,4 @@
-"""PatchCore behind the method interface (conf/method/patchcore.yaml).
+"""PatchCore behind the method interface (feclip/conf/method/patchcore.yaml).
 
 - Input: the raw HDMAP maps resized to `method.input_size` by the shared input transform (`data.resize`:
   nearest as the user's exp-23, bilinear as CPD-PatchCore) and replicated to 3 channels; the ImageNet

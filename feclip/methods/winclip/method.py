@@ -1,5 +1,5 @@
-"""WinCLIP behind the method interface (conf/method/winclip.yaml): zero-shot, WinCLIP+ few-shot, and the
-condition-aware variant, on the `backbone` group's CLIP (the user's: `backbone=vit_b16_plus_240`) with the
+"""WinCLIP behind the method interface (feclip/conf/method/winclip.yaml): zero-shot, WinCLIP+ few-shot, and
+the condition-aware variant, on the `backbone` group's CLIP (the user's: `backbone=vit_b16_plus_240`) with the
 `prompt` group's ensemble (`prompt=winclip` or the user's class names, e.g. `prompt=hdmap_sensor`).
 
 - Zero-shot: image score and map of `WinClip.zero_shot` (harmonic aggregation of window scores).
