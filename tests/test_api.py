@@ -48,7 +48,7 @@ def test_runs_from_folders_and_from_the_store_are_the_same_run(job):
     folders, store = api.runs(tmp / "jobs"), api.runs(uri, experiment=EXPERIMENT)
     assert len(folders) == len(store) == 1 and folders["run_id"][0] == store["run_id"][0]
     row = store.iloc[0]
-    assert (row["run_name"], row["variant"], row["domain"]) == ("A-fft", "feclip · fft", "A")
+    assert (row["run_name"], row["variant"], row["domain"]) == ("A-feclip·fft", "feclip·fft", "A")
     assert row["random_init"] and math.isclose(row["auroc"], metrics["auroc"])
 
 

@@ -59,6 +59,6 @@ def test_feclip_run_experiment_smoke_from_another_folder(venv, tmp_path):
     """The smoke preset on a smaller synthetic set (the same pipeline, fewer images), from an empty folder."""
     uri = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
     done = call(venv / "bin/feclip", "run", "experiment=smoke", *small_data(tmp_path), uri, cwd=tmp_path)
-    assert "feclip job C: FINISHED" in done.stdout, done.stdout
+    assert "feclip job C-feclip·dct: FINISHED" in done.stdout, done.stdout
     (job,) = (tmp_path / "outputs").glob("*/*")
     assert {"run.json", "metrics.json", "checkpoint", "feclip.log"} <= {p.name for p in job.iterdir()}

@@ -399,7 +399,8 @@ def overlay_writer(directory: Path, files: list[Path]) -> Callable[[Path, np.nda
     names = _unique_names(files)
 
     def write(path: Path, image: np.ndarray, amap: np.ndarray) -> None:
-        figure = plots.anomaly_map_grid(image[None], amap[None], [path.name], ncols=1)
+        example = plots.MapExample(image, amap, column=0, row=0, title=path.name)
+        figure = plots.map_panel([example], [f"flagged: {path.name}"], n_rows=1)
         figure.savefig(directory / names[str(path)], dpi=110)
 
     return write

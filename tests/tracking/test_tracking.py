@@ -71,16 +71,17 @@ def test_the_ui_address_is_where_mlflow_ui_serves(monkeypatch):
     for name in ("MLFLOW_PORT", "MLFLOW_HOST", "FECLIP_UI_URL"):
         monkeypatch.delenv(name, raising=False)
     uri = "sqlite:////data/mlflow.db"
-    assert tracking.run_url(uri, "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    workflow = "workflowType=machine_learning"
+    assert tracking.run_url(uri, "3", "abc") == f"http://127.0.0.1:5000/#/experiments/3/runs/abc?{workflow}"
     assert tracking.ui_command(uri).startswith(f"mlflow ui --backend-store-uri {uri} --port 5000 ")
     monkeypatch.setenv("MLFLOW_PORT", "5001")
     monkeypatch.setenv("MLFLOW_HOST", "0.0.0.0")
-    assert tracking.run_url(uri, "3") == "http://127.0.0.1:5001/#/experiments/3/runs"
+    assert tracking.run_url(uri, "3").startswith("http://127.0.0.1:5001/#/experiments/3/runs?")
     assert "--port 5001 " in tracking.ui_command(uri)
     monkeypatch.setenv("FECLIP_UI_URL", "http://localhost:8080/")
-    assert tracking.run_url(uri, "3", "abc") == "http://localhost:8080/#/experiments/3/runs/abc"
+    assert tracking.run_url(uri, "3", "abc") == f"http://localhost:8080/#/experiments/3/runs/abc?{workflow}"
     assert (
-        tracking.run_url("http://host:5000", "3") == "http://host:5000/#/experiments/3/runs"
+        tracking.run_url("http://host:5000", "3").startswith("http://host:5000/#/experiments/3/runs?")
     )  # a server's own
     assert tracking.ui_command("http://host:5000") is None
 
@@ -479,7 +480,7 @@ def test_an_option_of_a_users_config_folder_names_the_run(tmp_path):
     (tmp_path / "freq").mkdir()
     (tmp_path / "freq" / "mine.yaml").write_text("defaults:\n  - dct\n  - _self_\nlfs:\n  window: [1, 5]\n")
     job = job_info(f"hydra.searchpath=[file://{tmp_path}]", "freq=mine", "domain=A")
-    assert (job.run_name, job.variant) == ("A-mine", "mine")
+    assert (job.run_name, job.variant) == ("A-feclip·mine", "feclip·mine")
 
 
 def test_a_config_without_its_group_choices_is_named_by_its_values():
@@ -487,8 +488,8 @@ def test_a_config_without_its_group_choices_is_named_by_its_values():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         named = [JobInfo.from_config(compose(config_name="config", overrides=o)) for o in ([], ["freq=fft"])]
     assert [(job.run_name, job.variant) for job in named] == [
-        ("C", "default"),
-        ("C-transform=fft", "transform=fft"),
+        ("C-feclip·default", "feclip·default"),
+        ("C-feclip·transform=fft", "feclip·transform=fft"),
     ]
 
 
