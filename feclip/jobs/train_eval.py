@@ -28,6 +28,7 @@ from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
 from feclip.evaluation.metrics.image import val_threshold
 from feclip.evaluation.predictor import save_predictor
 from feclip.evaluation.split import StudySplit, eval_set, split_test
+from feclip.files import write_text
 from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, config_identity, epoch_logger
 from feclip.methods.base import Method
 from feclip.methods.registry import build_method, job_reads
@@ -125,7 +126,7 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     metrics = study_metrics(cfg, record, parts, val_scores, refs, calibrated)
     columns = [c for c in scored.meta if c in SCORE_COLUMNS or c.startswith(FLAG)]
     table = scores_table(scored, columns).assign(split=study.part[rows])
-    table.to_csv(output_dir / "scores.csv", index=False)
+    write_text(output_dir / "scores.csv", table.to_csv(index=False))  # whole or absent: compare reads it
     write_scores_info(output_dir / "scores_info.json", cfg, method)
     record.log_metrics(metrics)  # on disk and in the run before anything else can fail
     directory = output_dir / "checkpoint"
