@@ -121,10 +121,10 @@ def job_tags(cfg: DictConfig, job: tracking.JobInfo) -> dict[str, str]:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """16 hex digits of the resolved config without where it runs and is tracked (tracking, cache_dir):
-    equal for re-runs of the same job (`tracking.skip_finished`)."""
+    """16 hex digits of the resolved config without where it runs and is tracked (tracking, cache_dir) and
+    the sweep that ran it (compare, search): equal for re-runs of the same job (`tracking.skip_finished`)."""
     content = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("tracking", "cache_dir", "compare", "hydra"):
+    for key in ("tracking", "cache_dir", "compare", "search", "hydra"):
         content.pop(key, None)
     return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -8,9 +8,10 @@ A run's name is what makes the job different from the embedded default, however 
   `freq.lfs.window=[1,5]` -> `window=1,5`), sorted by key;
 - the seed last when it is not the default.
 Where a job runs and how long it trains are not part of a variant (`IGNORED`: tracking, device, data root and
-size, epochs, caps, batch sizes, caches, predict settings); a preset (`experiment=...`) names its effects, so
-`experiment=hdmap_horizontal` and the same choices typed out get the same name. The variant is the name
-without domain and seed: what a report row groups over domains and seeds.
+size, epochs, caps, batch sizes, caches, predict settings, the search that ran it); a preset
+(`experiment=...`, a search space `search=...`) names its effects, so `experiment=hdmap_horizontal` and the
+same choices typed out get the same name. The variant is the name without domain and seed: what a report row
+groups over domains and seeds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from feclip.tracking.sweep import parent_run_id_for_sweep
 
 IGNORED = (
     "hydra",
+    "search",  # the search that ran the job (its trial's values are the job's own keys)
     "tracking",
     "device",
     "precision",
@@ -48,6 +50,7 @@ IGNORED = (
     "eval.split",  # the study's split, not a variant: the eval_set tag tells runs scored on other images
     "fewshot.chunk_size",
 )
+PRESETS = ("experiment", "search")  # groups that name their effects, not themselves
 NAME_MAX_LENGTH = 80
 FIRST, LAST = "domain", "seed"
 
@@ -84,7 +87,7 @@ def name_parts(cfg: dict, base: dict, choices: dict[str, str], default_choices: 
     groups = [
         option
         for group, option in choices.items()
-        if "/" not in group and group not in ("domain", "experiment") and option != default_choices.get(group)
+        if "/" not in group and group not in ("domain", *PRESETS) and option != default_choices.get(group)
     ]
     ours, theirs = _leaves(cfg), _leaves(base)
     changed = sorted(
@@ -115,7 +118,7 @@ def _compose_base(choices: dict[str, str]) -> tuple[dict, dict[str, str]]:
     """(the config of these group choices without value overrides, the default group choices)."""
     from hydra import compose
 
-    overrides = [f"{g}={o}" for g, o in choices.items() if "/" not in g and g != "experiment" and o != "None"]
+    overrides = [f"{g}={o}" for g, o in choices.items() if "/" not in g and g not in PRESETS and o != "None"]
     base = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
     defaults = compose(config_name="config", overrides=[], return_hydra_config=True).hydra.runtime.choices
     return base, {str(k): str(v) for k, v in defaults.items()}
