@@ -105,6 +105,10 @@ def plan(config: DictConfig) -> Plan:
     found = Plan(config, space, folder, sweep_dir_of(config).resolve())
     if config.search.stage == "confirm":
         pick(load_study(folder, config.search.name, found.identity()))
+        baseline = list(config.search.confirm.baseline)
+        problem = _problem(config, space, baseline, trial=False)
+        if problem is not None:
+            raise SearchError(f"search.confirm.baseline={baseline} cannot run: {problem}")
     else:
         check_free(folder, config.search.name, found.identity())
     return found
@@ -115,9 +119,10 @@ def _probe_values(dist: BaseDistribution) -> list:
     return list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
 
 
-def _problem(config: DictConfig, space: Space, lines: list[str]) -> str | None:
-    """Why a trial's job with these parameter overrides cannot run (composition, validation), else None."""
-    overrides = [*space.fixed, *lines, f"domain={space.domains[0]}", TRIAL_SCORES]
+def _problem(config: DictConfig, space: Space, lines: list[str], *, trial: bool = True) -> str | None:
+    """Why a job with these overrides (a trial's, else the confirm stage's) cannot run (composition,
+    validation), else None."""
+    overrides = [*space.fixed, *lines, f"domain={space.domains[0]}", *([TRIAL_SCORES] if trial else [])]
     try:
         validate(GlobalHydra.instance().config_loader().load_sweep_config(config, overrides))
     except (HydraException, OmegaConfBaseException, FeclipError) as error:

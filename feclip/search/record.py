@@ -11,6 +11,7 @@ import json
 import shlex
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # Optuna's figures are pyplot figures: each is closed once saved
@@ -101,9 +102,11 @@ def best_lines(study: optuna.Study, p: Plan) -> list[str]:
             lines += ["NOT DEPLOYABLE: its decisions read the labels of the images it scores", ""]
         lines += ["```bash", run_line(p, trial), "```", ""]
     confirm = search.confirm
+    seeds = ", ".join(map(str, confirm.seeds))
+    domains = ", ".join(confirm.domains or p.space.domains)
     lines += [
-        f"Claim on test: trial {picked.number} and the baseline, seeds {list(confirm.seeds)} on domains "
-        f"{list(confirm.domains)}; paired Δ tables in the confirm sweep's report/report.md:",
+        f"Claim on test: trial {picked.number} and the baseline, seeds {seeds} on {domains}; paired Δ tables "
+        "in the confirm sweep's report/report.md:",
         "",
         "```bash",
         p.command("confirm"),
@@ -124,33 +127,36 @@ def _save(ax, path: Path, caption: str) -> Path:
     return path
 
 
+def _figure(plot, path: Path, caption: str, name: str) -> list[Path]:
+    """[path] of one Optuna figure (`plot()` -> axes), or [] with one note when the study cannot give it yet
+    (one trial, one parameter value)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning, matplotlib's layout notes
+            return [_save(plot(), path, caption)]
+    except (ValueError, RuntimeError, ZeroDivisionError) as error:
+        plt.close("all")
+        print(f"feclip: note: no {path.stem} figure for {name}: {one_line(error, 160)}", file=sys.stderr)
+        return []
+
+
 def figures(study: optuna.Study, names: list[str], out: Path, caption: str) -> list[Path]:
     """Optuna's optimisation history and parameter importances, one per objective (suffix _<i> when there
-    are several), and the Pareto front of 2 or 3 objectives; a figure the study cannot give yet (one trial,
-    one parameter value) is left out with one note."""
+    are several), and the Pareto front of 2 or 3 objectives."""
     paths = []
     suffix = (lambda i: f"_{i}") if len(names) > 1 else (lambda i: "")
     for i, name in enumerate(names):
         # one objective: Optuna's own target (its history then draws the best value so far)
-        target = {"target": (lambda t, i=i: t.values[i])} if len(names) > 1 else {}
-        kwargs = {**target, "target_name": name}
+        kwargs = {"target": (lambda t, i=i: t.values[i])} if len(names) > 1 else {}
+        kwargs["target_name"] = name
         for kind, plot in (
             ("optimization_history", optuna_plots.plot_optimization_history),
             ("param_importances", optuna_plots.plot_param_importances),
         ):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    paths.append(_save(plot(study, **kwargs), out / f"{kind}{suffix(i)}.png", caption))
-            except (ValueError, RuntimeError, ZeroDivisionError) as error:
-                plt.close("all")
-                print(f"feclip: note: no {kind} figure for {name}: {one_line(error, 160)}", file=sys.stderr)
+            paths += _figure(partial(plot, study, **kwargs), out / f"{kind}{suffix(i)}.png", caption, name)
     if len(names) in (2, 3):
-        paths.append(
-            _save(
-                optuna_plots.plot_pareto_front(study, target_names=names), out / "pareto_front.png", caption
-            )
-        )
+        front = partial(optuna_plots.plot_pareto_front, study, target_names=names)
+        paths += _figure(front, out / "pareto_front.png", caption, ", ".join(names))
     return paths
 
 

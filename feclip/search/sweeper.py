@@ -23,7 +23,7 @@ from feclip import cli
 from feclip.errors import FeclipError
 from feclip.search import record
 from feclip.search.plan import Plan, plan
-from feclip.search.space import DEV_PREFIX, SAMPLERS, objective_metrics, param_overrides
+from feclip.search.space import DEV_PREFIX, SAMPLERS, SearchError, objective_metrics, param_overrides
 from feclip.search.study import load_study, n_done, open_study, pick, search_lock, stale_trials
 from feclip.search.trials import job_record, trial_outcome
 from feclip.tracking.local import SWEEP_FILE, read_json, write_json
@@ -80,10 +80,9 @@ def _job_number(trial_number: int, index: int, n_domains: int) -> int:
 def resume(p: Plan, study: optuna.Study) -> list[optuna.trial.Trial]:
     """The trials a stopped sweep left RUNNING: told from their folders when every job finished there (with
     these overrides), else returned to run again."""
-    rerun = []
+    rerun, n = [], len(p.space.domains)
     for frozen in stale_trials(study):
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        n = len(p.space.domains)
+        trial = optuna.trial.Trial(study, frozen._trial_id)  # a live handle on the stored trial
         folders = {
             d: p.sweep_dir / str(_job_number(frozen.number, i, n)) for i, d in enumerate(p.space.domains)
         }
@@ -123,8 +122,14 @@ def run_batch(p: Plan, launcher, study: optuna.Study, batch: list[optuna.trial.T
 
 
 def tell(p: Plan, study: optuna.Study, trial: optuna.trial.Trial, folders: dict[str, Path]) -> None:
-    """Record a trial's outcome (values, or FAIL with the reason) and what the study keeps beside it."""
-    outcome = trial_outcome(folders, objective_metrics(p.search.objective), p.search.aggregate)
+    """Record a trial's outcome (values, or FAIL with the reason) and what the study keeps beside it; an
+    objective no job logs fails the trial and stops the search."""
+    try:
+        outcome = trial_outcome(folders, objective_metrics(p.search.objective), p.search.aggregate)
+    except SearchError as error:
+        trial.set_user_attr("failure", str(error))
+        study.tell(trial, state=TrialState.FAIL)
+        raise
     for key, value in {**outcome.attrs, "overrides": " ".join(param_overrides(trial.params))}.items():
         trial.set_user_attr(key, value)
     if outcome.values is None:

@@ -50,7 +50,7 @@ def _value(record: dict, metric: str, domain: str) -> float | str:
         logged = ", ".join(m for m in record["metrics"] if m.startswith("dev/") and "_ci_" not in m)
         raise SearchError(
             f"search.objective: {metric} is not a metric this job logs ({record.get('folder')}); expected "
-            f"one of: {logged}"
+            f"one of: {logged} (in a new study: search.name=<another>)"
         )
     value = record["metrics"][metric]
     if value is None:
