@@ -42,10 +42,10 @@ def _existing(folder: Path, name: str) -> bool:
 
 def _check_identity(study: optuna.Study, folder: Path, found: dict) -> None:
     """A study is resumed only by the command that started it (bar budget, sampler and stage)."""
-    stored = study.user_attrs.get("identity")
+    stored = study.user_attrs.get("identity") or {}
     if stored == found:
         return
-    differing = next(key for key in found if stored.get(key) != found.get(key))
+    differing = next((key for key in found if stored.get(key) != found.get(key)), "identity")
     raise SearchError(
         f"{Path(folder) / STUDY_FILE} holds the study {study.study_name!r} of another search ({differing}: "
         f"{stored.get(differing)!r} there, {found.get(differing)!r} now); expected its command, or a new "
@@ -53,17 +53,13 @@ def _check_identity(study: optuna.Study, folder: Path, found: dict) -> None:
     )
 
 
-def open_study(
-    folder: Path, name: str, identity: dict, *, directions: list[str], sampler=None
-) -> optuna.Study:
+def open_study(folder: Path, name: str, identity: dict, *, directions: list[str]) -> optuna.Study:
     """The study `name` in `<folder>/study.db`: created with `identity`, or loaded when that matches."""
     if _existing(folder, name):
-        study = optuna.load_study(study_name=name, storage=_storage(folder), sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=_storage(folder))
         _check_identity(study, folder, identity)
         return study
-    study = optuna.create_study(
-        study_name=name, storage=_storage(folder), sampler=sampler, directions=directions
-    )
+    study = optuna.create_study(study_name=name, storage=_storage(folder), directions=directions)
     study.set_user_attr("identity", identity)
     return study
 

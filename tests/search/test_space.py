@@ -1,6 +1,9 @@
 """A search space from `search.params` and the command line, the objective's checks, a trial's objective from
 its job folders, and the checks every shipped space passes before its first trial (in-process, no job)."""
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from feclip.config import ConfigError, validate
 from feclip.search.plan import Plan, plan
 from feclip.search.space import SearchError, build_space, identity, objective_names, param_overrides
+from feclip.search.study import LOCK_FILE, open_study
 from feclip.search.trials import trial_outcome
 from feclip.tracking.local import write_json
 
@@ -160,3 +164,23 @@ def test_a_parameter_value_no_job_can_run_with_is_refused_by_name(tmp_path):
         planned("search=smoke", where, "tracking.skip_finished=true")
     with pytest.raises(SearchError, match="search.stage=confirm: no study 'smoke'"):
         planned("search=smoke", where, "search.stage=confirm")
+
+
+def test_a_study_is_resumed_only_by_its_own_search_and_by_one_sweep_at_a_time(tmp_path):
+    where = f"search.dir={tmp_path / 'search'}"
+    first = planned("search=smoke", where)
+    open_study(first.folder, "smoke", first.identity(), directions=["maximize"])
+    assert planned("search=smoke", where, "search.n_trials=9", "search.sampler=random").folder == first.folder
+    with pytest.raises(SearchError, match=r"holds the study 'smoke' of another search \(overrides: "):
+        planned("search=smoke", where, "freq=dct")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_json(
+            first.folder / LOCK_FILE, {"pid": sleeper.pid, "host": socket.gethostname(), "status": "RUNNING"}
+        )
+        with pytest.raises(SearchError, match=f"is used by a running search \\(pid {sleeper.pid} "):
+            planned("search=smoke", where)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    planned("search=smoke", where)  # a lock left by a dead process is taken over
