@@ -6,6 +6,7 @@ of known keys with a one-line `ConfigError` naming the key, the value and what i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from feclip.data.sources import AUX_SOURCES
 from feclip.data.transforms import INTENSITIES, RESIZES
 from feclip.errors import FeclipError
 from feclip.evaluation.calibration import THRESHOLD_SOURCES, point_name
-from feclip.evaluation.split import SPLIT_PROTOCOLS
+from feclip.evaluation.split import SCORED_PARTS, SPLIT_PROTOCOLS
 from feclip.jobs.registry import MODES, PROTOCOLS
 from feclip.methods.patchcore.backbone import PRESETS as PATCHCORE_BACKBONES
 from feclip.methods.registry import METHODS
@@ -33,6 +34,7 @@ from feclip.model.prompts import SENTENCE_AVERAGES
 from feclip.precision import PRECISIONS
 from feclip.registry import Registry
 from feclip.runtime import CACHE_MODES, DEVICES
+from feclip.search.space import AGGREGATES, DIRECTIONS, SAMPLERS, STAGES, is_dev_objective
 
 
 class ConfigError(FeclipError):
@@ -66,6 +68,10 @@ REGISTRIES = (
     SENTENCE_AVERAGES,
     SPLIT_PROTOCOLS,
     THRESHOLD_SOURCES,
+    SAMPLERS,
+    AGGREGATES,
+    DIRECTIONS,
+    STAGES,
 )
 CHOICES: dict[str, Registry] = {registry.key: registry for registry in REGISTRIES}
 
@@ -84,6 +90,10 @@ def _number(value: Any) -> bool:
 
 def _window(value: Any) -> bool:
     return isinstance(value, (list, ListConfig)) and len(value) == 2 and all(_positive_int(v) for v in value)
+
+
+def _domains(value: Any) -> bool:
+    return isinstance(value, (list, ListConfig)) and len(value) > 0 and all(v in DOMAINS for v in value)
 
 
 def _taps(value: Any) -> bool:
@@ -130,6 +140,12 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.split.seed": (lambda v: _number(v) and isinstance(v, int) and v >= 0, "an integer >= 0"),
     "eval.split.refs_per_condition": (_positive_int, "a positive integer"),
     "eval.split.dev_fraction": (lambda v: _number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "eval.split.score": (
+        lambda v: (
+            isinstance(v, (list, ListConfig)) and 0 < len(v) == len(set(v)) and set(v) <= set(SCORED_PARTS)
+        ),
+        f"a non-empty list of the parts {', '.join(SCORED_PARTS)}",
+    ),
     "eval.threshold.per_condition": (lambda v: isinstance(v, bool), "true or false"),
     "eval.threshold.false_alarm_rates": (
         lambda v: _numbers(v) and len(v) > 0 and all(0 < r < 1 for r in v),
@@ -137,6 +153,32 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "eval.threshold.bootstrap": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
     "eval.bootstrap": (lambda v: _number(v) and isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "search.name": (
+        lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v) is not None,
+        "a name of letters, digits, '_', '.', '-' (the study's name and folder)",
+    ),
+    "search.objective": (
+        is_dev_objective,
+        "a metric of the dev part, dev/<metric> (e.g. dev/acc_fa1_cold), or a list of them: the test part is "
+        "for claims (search.stage=confirm), and choosing on it would bias them",
+    ),
+    "search.params": (lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0, "at least one parameter"),
+    "search.domains": (_domains, f"a non-empty list of {', '.join(DOMAINS)}, or null (the config's domain)"),
+    "search.n_trials": (_positive_int, "a positive integer"),
+    "search.n_jobs": (_positive_int, "a positive integer"),
+    "search.seed": (lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "search.confirm.seeds": (
+        lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(_integer(s) and s >= 0 for s in v),
+        "a non-empty list of integers >= 0",
+    ),
+    "search.confirm.domains": (
+        _domains,
+        f"a non-empty list of {', '.join(DOMAINS)}, or null (search.domains)",
+    ),
+    "search.confirm.baseline": (
+        lambda v: isinstance(v, (list, ListConfig)) and all(isinstance(o, str) for o in v),
+        "a list of overrides (e.g. [experiment=patchcore_exp23])",
+    ),
 }
 
 
@@ -194,6 +236,12 @@ def _check_split(cfg: DictConfig) -> None:
     if split is None:
         return
     study, threshold = split.protocol == "study", cfg.eval.threshold
+    scored = list(split.get("score", SCORED_PARTS))
+    if not study and "test" not in scored:
+        raise ConfigError(
+            f"eval.split.score={scored} is not allowed with eval.split.protocol=whole_test; expected "
+            "[dev, test], or protocol=study (whole_test has no dev part)"
+        )
     if threshold.source == "refs" and not study:
         raise ConfigError(
             "eval.threshold.source=refs is not allowed with eval.split.protocol=whole_test; "

@@ -36,7 +36,7 @@ SHARED = (
     "fewshot.chunk_size",
 )
 COMPUTE = ("device", "precision")  # what a job computes in: identity and params, never names (tags)
-NEVER = ("hydra", "tracking", "compare", "cache_dir")  # where a job runs and is tracked
+NEVER = ("hydra", "tracking", "compare", "search", "cache_dir")  # where a job runs and is tracked
 SEPARATOR = "·"  # a variant's method and the rest: `feclip·fft` (typed on a command line: `feclip.fft`)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from feclip.data.sets import ImageSet, labelled_set
 from feclip.data.transforms import HDMAPInput
 from feclip.model.backbone import ClipBackbone
 from feclip.model.feclip import FEClip, FEClipConfig
+from feclip.tracking.local import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR  # feclip/conf
@@ -69,6 +71,28 @@ def run_cli(args: list[str], tmp: Path, check: bool = True) -> subprocess.Comple
     if check and result.returncode != 0:
         raise AssertionError(f"run.py failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result
+
+
+def start_cli(args: list[str], cwd: Path, log_name: str = "job.log") -> subprocess.Popen:
+    """`run.py args` started in `cwd`, its output in `cwd/log_name` (for tests that signal it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(cwd / log_name, "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def wait_for_epochs(folder: Path, n: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Until the job in `folder` has logged `n` epochs (history.csv); an error if `process` ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the job ended early ({process.returncode})")
+        if (folder / "history.csv").exists() and len({s for s, _, _ in read_history(folder)}) >= n:
+            return
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"no {n} epochs in {folder} after {timeout_s} s")
 
 
 @contextlib.contextmanager

@@ -77,6 +77,8 @@ def test_horizontal_preset_uses_horizontal_windows_and_context():
         ("eval.split.seed=-1", "eval.split.seed"),
         ("eval.split.refs_per_condition=0", "eval.split.refs_per_condition"),
         ("eval.split.dev_fraction=1.0", "eval.split.dev_fraction"),
+        ("eval.split.score=[dev,refs]", "eval.split.score"),
+        ("eval.split.score=[dev] eval.split.protocol=whole_test", "eval.split.score"),
         ("eval.threshold.source=train", "eval.threshold.source"),
         ("eval.threshold.false_alarm_rates=[0.01,5]", "eval.threshold.false_alarm_rates"),
         ("eval.threshold.per_condition=1", "eval.threshold.per_condition"),

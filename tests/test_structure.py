@@ -86,5 +86,5 @@ def test_config_choices_are_the_registries():
 
 def test_tests_mirror_the_packages():
     tests = Path(__file__).parent
-    for package in ("condition", "data", "evaluation", "jobs", "methods", "model", "tracking"):
+    for package in ("condition", "data", "evaluation", "jobs", "methods", "model", "search", "tracking"):
         assert (tests / package).is_dir() and any((tests / package).glob("test_*.py")), package

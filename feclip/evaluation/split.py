@@ -14,6 +14,9 @@ file-index order: other strata, other domains and the row order of `meta` do not
 `whole_test` is the protocol of the runs before the split (kept for continuity, not the default): every test
 image is scored except the references a run takes from the test set, so the scored set depends on k.
 
+`eval.split.score` names the parts a run scores, both by default; a search's trials score `[dev]` only, so
+no test number exists before its confirm stage.
+
 `eval_set` names the scored file list (a hash of domain / class / file index), so runs scored on different
 images are never compared unknowingly.
 """
@@ -32,6 +35,7 @@ from feclip.registry import choices
 
 SPLIT_PROTOCOLS = choices("study split protocol", "eval.split.protocol", ("study", "whole_test"))
 PARTS = ("refs", "dev", "test")
+SCORED_PARTS = ("dev", "test")  # eval.split.score: the parts a run scores (a search's trials: dev only)
 CONDITIONS = ("cold", "warm")
 
 

@@ -13,7 +13,8 @@ from feclip import config
 from feclip.evaluation.predictor import predict_identity
 from feclip.files import writable_folder
 from feclip.jobs.common import tracked_job
-from feclip.jobs.registry import job_for
+from feclip.jobs.registry import Job, job_for
+from feclip.jobs.train_eval import scored_parts
 from feclip.methods.registry import job_reads
 from feclip.tracking import JobInfo
 from feclip.tracking.artifacts import with_local_checkpoint
@@ -40,9 +41,18 @@ def check_outputs(cfg: DictConfig, output_dir: Path) -> None:
         writable_folder(cfg.predict.out, "predict.out")
 
 
+def shown_metrics(cfg: DictConfig, kind: Job) -> tuple[str, ...]:
+    """The job's headline and key metrics, of the dev part for a job that scores no test part (a search's
+    trial, `eval.split.score=[dev]`)."""
+    names = (kind.headline, *kind.key_metrics)
+    hdmap = cfg.mode == "train_eval" and cfg.eval.protocol == "hdmap"
+    return names if not hdmap or "test" in scored_parts(cfg) else tuple(f"dev/{name}" for name in names)
+
+
 def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = None) -> float | None:
-    """Validate, run, return the job's headline metric (None when it has none). Relative paths in the
-    config mean the launch directory, so a job runs the same from its own folder (`hydra.job.chdir=true`)."""
+    """Validate, run, return the job's headline metric (None when it has none; of the dev part when the job
+    scores no test part). Relative paths in the config mean the launch directory, so a job runs the same
+    from its own folder (`hydra.job.chdir=true`)."""
     config.validate(cfg)
     kind = job_for(cfg)
     output_dir = (output_dir or Path(HydraConfig.get().runtime.output_dir)).resolve()
@@ -51,5 +61,5 @@ def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = 
     check_outputs(cfg, output_dir)
     if cfg.mode == "predict":
         job = predict_job_info(cfg, job)
-    metrics = tracked_job(cfg, output_dir, job, kind.body, key_metrics=(kind.headline, *kind.key_metrics))
-    return metrics.get(kind.headline)
+    shown = shown_metrics(cfg, kind)
+    return tracked_job(cfg, output_dir, job, kind.body, key_metrics=shown).get(shown[0])

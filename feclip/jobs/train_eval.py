@@ -27,7 +27,7 @@ from feclip.evaluation.figures import write_figures
 from feclip.evaluation.inference import evaluate_hdmap, predict, scores_table
 from feclip.evaluation.metrics.image import val_threshold
 from feclip.evaluation.predictor import save_predictor
-from feclip.evaluation.split import StudySplit, eval_set, split_test
+from feclip.evaluation.split import SCORED_PARTS, StudySplit, eval_set, split_test
 from feclip.files import write_text
 from feclip.jobs.common import RANDOM_INIT_NOTE, JobRecord, config_identity, epoch_logger
 from feclip.methods.base import Method
@@ -113,7 +113,7 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     pool = test.subset(study.pool)
     refs = aware.build(cfg, method, fit, pool, to_input, rt)
     score = scorer(cfg, method, to_input, rt, refs=refs, map_size=tuple(data.images.shape[-2:]))
-    rows = scored_rows(study, refs)
+    rows = scored_rows(study, refs, scored_parts(cfg))
     scored = score(test.subset(rows), refs.scorer.gate if refs else None)
     val_scored = score(val, refs.deployable if refs else None)
     normals = val_scored if cfg.eval.threshold.source == "val" else threshold_refs(pool, refs, score)
@@ -134,16 +134,29 @@ def hdmap_job(cfg: DictConfig, output_dir: Path, record: JobRecord) -> dict[str,
     save_predictor(directory, method, to_input, calibrated, refs, shape, identity=config_identity(cfg))
     if cfg.eval.figures:
         caption = RANDOM_INIT_NOTE if method.random_init else ""
+        shown = "test" if len(parts["test"]) else "dev"
         figures = write_figures(
             output_dir / "figures",
-            parts["test"],
-            metrics,
-            title=record.title,
+            parts[shown],
+            part_metrics_of(metrics, shown),
+            title=record.title + ("" if shown == "test" else " · dev part"),
             caption=caption,
             n_examples=cfg.eval.n_map_examples,
         )
         record.log_images(figures)
     return metrics
+
+
+def scored_parts(cfg: DictConfig) -> tuple[str, ...]:
+    """The study parts the run scores (`eval.split.score`; a search's trials: dev only)."""
+    return tuple(OmegaConf.select(cfg, "eval.split.score", default=None) or SCORED_PARTS)
+
+
+def part_metrics_of(metrics: dict[str, float], part: str) -> dict[str, float]:
+    """The metrics of one part under their plain names (the test part's are; the dev part's lose `dev/`)."""
+    if part == "test":
+        return metrics
+    return {k.removeprefix(f"{part}/"): v for k, v in metrics.items() if k.startswith(f"{part}/")}
 
 
 def scorer(cfg: DictConfig, method: Method, to_input: HDMAPInput, rt: Runtime, *, refs, map_size):
@@ -161,10 +174,12 @@ def scorer(cfg: DictConfig, method: Method, to_input: HDMAPInput, rt: Runtime, *
     return score
 
 
-def scored_rows(study: StudySplit, refs: aware.References | None) -> np.ndarray:
-    """(N_test,) bool: the dev and test parts, less the pool rows taken as references (whole_test only: in
-    the study split the pool is the refs part, never scored)."""
-    rows = study.rows("dev", "test")
+def scored_rows(
+    study: StudySplit, refs: aware.References | None, parts: tuple[str, ...] = SCORED_PARTS
+) -> np.ndarray:
+    """(N_test,) bool: the scored `parts` (dev and test), less the pool rows taken as references (whole_test
+    only: in the study split the pool is the refs part, never scored)."""
+    rows = study.rows(*parts)
     if refs is not None:
         rows[np.flatnonzero(study.pool)[~refs.keep]] = False
     return rows

@@ -97,7 +97,7 @@ def process_identity() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
-def _alive(record: dict) -> bool:
+def process_alive(record: dict) -> bool:
     """Whether the process of a RUNNING record still runs (on this host; another host's is assumed dead)."""
     if record.get("status") != "RUNNING" or record.get("host") != socket.gethostname() or "pid" not in record:
         return False
@@ -118,7 +118,7 @@ def archive_attempt(folder: Path) -> dict | None:
     if not (folder / RUN_FILE).exists():
         return None
     record = read_json(folder / RUN_FILE)
-    if _alive(record):
+    if process_alive(record):
         raise JobFolderError(
             f"{folder} is in use by a running job (pid {record['pid']} on {record['host']}); expected an "
             "unused hydra.run.dir, or wait for that job to end"

@@ -11,9 +11,10 @@ A variant says what a run computes, in the keys its method reads (`Method.reads`
 A run's name is `<domain>-<variant>`, then the seed when it is not the default: `C-feclip·fft-lam=0.3-seed=2`.
 What the method does not read never names it (PatchCore with `freq=fft` is `patchcore·tiny`), nor does where
 a job runs and how long it trains (`IGNORED`: tracking, device, precision, data root and size, epochs, caps,
-batch sizes, caches, predict settings); a preset (`experiment=...`) names its effects, so
-`experiment=hdmap_horizontal` and the same choices typed out get the same name. The variant is what a report
-row groups over domains and seeds; device and precision are tags (the report adds them where runs mix them).
+batch sizes, caches, predict settings, the search that ran it); a preset (`experiment=...`, a search space
+`search=...`) names its effects, so `experiment=hdmap_horizontal` and the same choices typed out get the same
+name. The variant is what a report row groups over domains and seeds; device and precision are tags (the
+report adds them where runs mix them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from feclip.tracking.sweep import parent_run_id_for_sweep
 
 IGNORED = (
     "hydra",
+    "search",  # the search that ran the job (its trial's values are the job's own keys)
     "tracking",
     "device",
     "precision",
@@ -47,6 +49,7 @@ IGNORED = (
     "aux.max_normals",
     "aux.max_per_domain",
     "eval.batch_size",
+    "eval.bootstrap",  # the intervals' resamples, not what is scored
     "eval.figures",
     "eval.n_map_examples",
     "eval.split",  # the study's split, not a variant: the eval_set tag tells runs scored on other images
@@ -54,10 +57,11 @@ IGNORED = (
     "method.chunk_size",
     "method.window_batch",
 )
+PRESETS = ("experiment", "search")  # groups that name their effects, not themselves
 NAME_MAX_LENGTH = 80
 VARIANT_MAX_LENGTH = 64  # a run name holds its variant whole: domain, variant, seed stay near NAME_MAX_LENGTH
 FIRST, LAST = "domain", "seed"
-NOT_NAMING = ("domain", "experiment", "method")  # groups named elsewhere (domain, method) or by their effects
+NOT_NAMING = ("domain", *PRESETS, "method")  # groups named elsewhere (domain, method) or by their effects
 
 
 def _ignored(key: str) -> bool:
@@ -151,7 +155,7 @@ def _compose_base(choices: dict[str, str], searchpath: list[str]) -> tuple[dict,
     the job's `hydra.searchpath` (config folders of the user's whose options the choices may name)."""
     from hydra import compose
 
-    overrides = [f"{g}={o}" for g, o in choices.items() if "/" not in g and g != "experiment" and o != "None"]
+    overrides = [f"{g}={o}" for g, o in choices.items() if "/" not in g and g not in PRESETS and o != "None"]
     overrides += [f"hydra.searchpath=[{','.join(repr(str(p)) for p in searchpath)}]"] if searchpath else []
     base = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
     defaults = compose(config_name="config", overrides=[], return_hydra_config=True).hydra.runtime.choices

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra.utils
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +29,7 @@ from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, 
 from feclip.tracking.report import (
     anchors_for,
     comparison,
+    comparison_lines,
     folder_runs,
     same_images,
     variant_domain_table,
@@ -89,7 +91,7 @@ def sweep_id_for(sweep_dir: str | Path) -> str:
     return "/".join(Path(sweep_dir).parts[-2:])
 
 
-def _sweep_dir(config: DictConfig) -> Path:
+def sweep_dir_of(config: DictConfig) -> Path:
     """Absolute `hydra.sweep.dir` (resolved from the same config object, so `${now:}` matches the jobs')."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
     return sweep_dir if sweep_dir.is_absolute() else Path(str(config.hydra.runtime.cwd)) / sweep_dir
@@ -131,8 +133,10 @@ class MlflowSweepCallback(Callback):
         self._exit_hook = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if refused(config):
+            return
         enabled, uri, experiment = _tracking_settings(config)
-        sweep_dir = _sweep_dir(config)
+        sweep_dir = sweep_dir_of(config)
         sweep_id = sweep_id_for(sweep_dir)
         overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -171,13 +175,26 @@ class MlflowSweepCallback(Callback):
             atexit.unregister(self._exit_hook)
             self._exit_hook = None
         progress.stop_board()
-        end_sweep(_sweep_dir(config))
+        end_sweep(sweep_dir_of(config))
+
+
+def refused(config: DictConfig) -> bool:
+    """Whether the configured sweeper refuses this sweep (its optional `check(config)` raises a
+    `FeclipError`): then nothing is written here, and the sweeper says why in one line."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+    check = getattr(hydra.utils.get_class(target), "check", None) if target else None
+    try:
+        if check is not None:
+            check(config)
+    except FeclipError:
+        return True
+    return False
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """In the job's process: its line on the sweep's board, when one draws (`feclip.progress`)."""
         if str(OmegaConf.select(config, "hydra.mode", default="")).endswith("MULTIRUN"):
             progress.job_started(
-                _sweep_dir(config),
+                sweep_dir_of(config),
                 str(config.hydra.job.num),
                 folder=str(config.hydra.runtime.output_dir),
                 overrides=[str(o) for o in config.hydra.overrides.task],
@@ -236,23 +253,38 @@ def git_tags() -> dict[str, str]:
 @dataclass
 class Study:
     """A sweep's finished HDMAP jobs: `tables` {metric: variant x domain table}, `runs` one row per job (None
-    when no HDMAP job finished, and then `tables` is empty)."""
+    when no HDMAP job finished, and then `tables` is empty), `compared` its Δ tables."""
 
     tables: dict = field(default_factory=dict)
     runs: pd.DataFrame | None = None
+    compared: list = field(default_factory=list)
+
+
+def sweep_record(sweep_dir: str | Path) -> dict:
+    """The sweep's sweep.json ({} without one)."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    return read_json(path) if path.exists() else {}
+
+
+def dev_only(sweep_dir: str | Path) -> bool:
+    """A search's trials (sweep.json `stage: trials`) are reported on the dev part only: the test part is
+    read by its confirm stage."""
+    return sweep_record(sweep_dir).get("stage") == "trials"
 
 
 def study(sweep_dir: Path) -> Study:
     """The study of the sweep's job folders, written to `<sweep dir>/report` (report.md + one CSV per metric +
     runs.csv + comparison.png) when there is one: each study metric on the test part beside its dev part
     (`dev/<metric>`), the Δ tables of the sweep's `compare` settings, and the figure of every variant per
-    domain with its interval (`figures.write_comparison`)."""
+    domain with its interval (`figures.write_comparison`); a search's trials: the dev part only, no Δ
+    table."""
     runs = folder_runs(sweep_dir)
     runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
+    names = [f"dev/{m}" for m in STUDY_METRICS] if dev_only(sweep_dir) else STUDY_METRICS
     metrics = [
         name
-        for m in STUDY_METRICS
-        for name in (m, f"dev/{m}")
+        for m in names
+        for name in dict.fromkeys((m, f"dev/{m.removeprefix('dev/')}"))
         if name in runs.columns and runs[name].notna().any()
     ]
     if runs.empty or not metrics:
@@ -260,9 +292,10 @@ def study(sweep_dir: Path) -> Study:
     tables = {metric: variant_domain_table(runs, metric) for metric in metrics}
     for table in tables.values():
         table.attrs["experiment"] = sweep_id_for(sweep_dir)
-    write_report(tables, Path(sweep_dir) / REPORT_DIR, runs, comparisons(sweep_dir, runs))
+    compared = [] if dev_only(sweep_dir) else comparisons(sweep_dir, runs)
+    write_report(tables, Path(sweep_dir) / REPORT_DIR, runs, compared)
     write_comparison(Path(sweep_dir) / REPORT_DIR, tables)
-    return Study(tables, runs)
+    return Study(tables, runs, compared)
 
 
 def _job_number(folder: str) -> int:
@@ -273,8 +306,7 @@ def _job_number(folder: str) -> int:
 def comparisons(sweep_dir: Path, runs: pd.DataFrame) -> list[pd.DataFrame]:
     """The Δ tables of the sweep's `compare` settings (sweep.json), on the runs of the first job's eval_set
     per domain; none with one variant; a table that cannot be made is left out with one printed line."""
-    path = Path(sweep_dir) / SWEEP_FILE
-    settings = (read_json(path) if path.exists() else {}).get("compare") or {"metrics": []}
+    settings = sweep_record(sweep_dir).get("compare") or {"metrics": []}
     runs, _ = same_images(runs)
     if runs["variant"].nunique() < 2:
         return []
@@ -360,8 +392,11 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     )
     if outcome.folded:
         print(folded_line(sweep_id_for(sweep_dir), outcome.folded))
-    if "auroc" in found.tables:
-        print(study_summary(found.tables["auroc"], Path(sweep_dir) / REPORT_DIR))
+    headline = "dev/auroc" if dev_only(sweep_dir) else "auroc"
+    if headline in found.tables:
+        print(study_summary(found.tables[headline], Path(sweep_dir) / REPORT_DIR))
+    if sweep_record(sweep_dir).get("stage") == "confirm":
+        print("\n".join(f"  {line}" for table in found.compared for line in comparison_lines(table)))
     if url:
         print(f"  parent run: {url}")
     if command:
@@ -377,10 +412,11 @@ TABLE_WIDTH = 100  # columns of the sweep's closing table
 
 
 def study_summary(table, report_dir: Path, width: int = TABLE_WIDTH) -> str:
-    """The sweep's closing table: image AUROC x100 per variant and domain, at most `width` columns (the
-    intervals shortened, then left out, then the variant names shortened as needed); the anchor rows, the
-    full intervals and the notes are in report.md."""
+    """The sweep's closing table: image AUROC x100 (of the dev part for a search's trials) per variant and
+    domain, at most `width` columns (the intervals shortened, then left out, then the variant names shortened
+    as needed); the anchor rows, the full intervals and the notes are in report.md."""
     flag = table.attrs.get("random_init", 0)
+    part = " (dev part)" if str(table.attrs.get("metric", "")).startswith("dev/") else ""
     note = f" ({flag} of {table.attrs['n_runs']} runs random-init: tests the pipeline)" if flag else ""
     anchors = {anchor.row for anchor in anchors_for(str(table.attrs.get("metric", "auroc")))}
     rows = [row for row in table.index if row not in anchors]
@@ -391,7 +427,7 @@ def study_summary(table, report_dir: Path, width: int = TABLE_WIDTH) -> str:
     more = f" and {left} published anchor rows" if left else ""
     return "\n".join(
         [
-            f"  image AUROC x100, {shown}{note}:",
+            f"  image AUROC x100{part}, {shown}{note}:",
             *("  " + line for line in lines),
             f"  intervals in full, notes{more}: {report_dir / 'report.md'}",
         ]

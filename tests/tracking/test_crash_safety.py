@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, compose, full_disk, run_cli, small_data
+from helpers import ROOT, compose, full_disk, run_cli, small_data, start_cli, wait_for_epochs
 from mlflow import MlflowClient
 from mlflow_server import running_mlflow_server
 
@@ -35,25 +35,6 @@ RESULT_FILES = (
     "figures",
 )
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _start(args: list[str], cwd: Path, log_name: str = "job.log") -> subprocess.Popen:
-    log = open(cwd / log_name, "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=ENV, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def _wait_for_epochs(folder: Path, n: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the job ended early ({process.returncode})")
-        if (folder / "history.csv").exists() and len({s for s, _, _ in read_history(folder)}) >= n:
-            return
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError(f"no {n} epochs in {folder} after {timeout_s} s")
 
 
 def _job(tmp: Path, *extra: str, folder: str = "job") -> list[str]:
@@ -81,7 +62,9 @@ def test_a_killed_server_costs_at_most_the_budget_and_sync_completes_the_run(tmp
         f"tracking.uri={reference_uri}",
         "tracking.experiment=e",
     ]
-    reference_process = _start(reference_job, tmp_path, "reference.log")  # meanwhile: the server and the job
+    reference_process = start_cli(
+        reference_job, tmp_path, "reference.log"
+    )  # meanwhile: the server and the job
     try:
         with running_mlflow_server(tmp_path / "server") as server:
             args = [
@@ -90,8 +73,8 @@ def test_a_killed_server_costs_at_most_the_budget_and_sync_completes_the_run(tmp
                 "tracking.experiment=e",
                 "tracking.budget_s=6",
             ]
-            job = _start(args, tmp_path)
-            _wait_for_epochs(tmp_path / "job", 2, job)
+            job = start_cli(args, tmp_path)
+            wait_for_epochs(tmp_path / "job", 2, job)
             os.killpg(server.pid, signal.SIGKILL)
             killed_at = time.monotonic()
             assert job.wait(timeout=240) == 0, (tmp_path / "job.log").read_text()[-3000:]
@@ -166,10 +149,10 @@ def test_a_bad_job_does_not_end_the_sweep(tmp_path, launcher):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_the_job_killed_with_its_files(tmp_path, sig):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    job = _start(
+    job = start_cli(
         [*_job(tmp_path, "train.epochs=200"), f"tracking.uri={uri}", "tracking.experiment=sig"], tmp_path
     )
-    _wait_for_epochs(tmp_path / "job", 2, job)
+    wait_for_epochs(tmp_path / "job", 2, job)
     job.send_signal(sig)
     assert job.wait(timeout=120) != 0
     (run,) = _runs(uri, "sig")
@@ -192,8 +175,8 @@ def test_skip_finished_reruns_only_what_is_missing(tmp_path):
         "tracking.experiment=resume",
     ]
     common += ["eval.figures=false", "tracking.skip_finished=true"]
-    first = _start([*common, "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'first'}"], tmp_path)
-    _wait_for_epochs(tmp_path / "first" / "1", 2, first)  # job 0 (A) finished, job 1 (C) training
+    first = start_cli([*common, "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'first'}"], tmp_path)
+    wait_for_epochs(tmp_path / "first" / "1", 2, first)  # job 0 (A) finished, job 1 (C) training
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=120)
     statuses = sorted(r.info.status for r in _runs(uri, "resume") if r.data.tags.get("domain"))

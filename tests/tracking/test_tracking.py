@@ -80,8 +80,8 @@ def test_the_ui_address_is_where_mlflow_ui_serves(monkeypatch):
     assert "--port 5001 " in tracking.ui_command(uri)
     monkeypatch.setenv("FECLIP_UI_URL", "http://localhost:8080/")
     assert tracking.run_url(uri, "3", "abc") == f"http://localhost:8080/#/experiments/3/runs/abc?{workflow}"
-    assert (
-        tracking.run_url("http://host:5000", "3").startswith("http://host:5000/#/experiments/3/runs?")
+    assert tracking.run_url("http://host:5000", "3").startswith(
+        "http://host:5000/#/experiments/3/runs?"
     )  # a server's own
     assert tracking.ui_command("http://host:5000") is None
 
