@@ -17,7 +17,14 @@ from feclip.tracking import JobInfo
 from feclip.tracking.local import METRICS_FILE, read_json
 
 PATCHCORE = Reads(("method",), headline=("method.backbone",))
-NOT_PERTURBED = ("hydra", "experiment", "tracking", "predict", "domain")  # where a job runs / named elsewhere
+NOT_PERTURBED = (
+    "hydra",
+    "experiment",
+    "search",
+    "tracking",
+    "predict",
+    "domain",
+)  # where a job runs, named elsewhere
 
 
 def test_reads_cover_the_shared_keys_and_their_own_only():

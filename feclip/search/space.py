@@ -1,5 +1,5 @@
-"""A search space: the `search` config node (feclip/conf/search/<space>.yaml) and the sweep overrides of the command
-line, as Optuna distributions and as the overrides of a trial's jobs.
+"""A search space: the `search` config node (feclip/conf/search/<space>.yaml) and the sweep overrides of the
+command line, as Optuna distributions and as the overrides of a trial's jobs.
 
     search.params: {model.lam: interval(0.05, 0.5), freq: choice(dct, dct_abs),
                     train.lr: tag(log, interval(1e-4, 3e-3))}

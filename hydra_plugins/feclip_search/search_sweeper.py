@@ -1,4 +1,5 @@
-"""Hydra's handle on feclip's hyperparameter search: `hydra/sweeper=search` (feclip/conf/hydra/sweeper/search.yaml).
+"""Hydra's handle on feclip's hyperparameter search: `hydra/sweeper=search`
+(feclip/conf/hydra/sweeper/search.yaml).
 
 Hydra instantiates only sweepers found in the `hydra_plugins` namespace package, which it imports module by
 module at every start (`hydra.core.plugins.Plugins`): this module stays light, and the search itself

@@ -36,7 +36,8 @@ def body(cfg: DictConfig, folder: Path, record) -> dict[str, float]:
 def entry(cfg: DictConfig) -> float | None:
     folder = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return tracked_job(cfg, folder, JobInfo.from_hydra(cfg, reads=job_reads(cfg)), body).get("dev/acc_fa1_cold")
+        job = JobInfo.from_hydra(cfg, reads=job_reads(cfg))
+        return tracked_job(cfg, folder, job, body).get("dev/acc_fa1_cold")
     except FeclipError as error:
         cli.report(error, "toy")  # a failed job of a sweep: the others go on (as run.py)
     return None
