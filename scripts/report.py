@@ -1,4 +1,4 @@
-"""Variant x domain report of tracked runs (markdown + CSV), with the baselines.md anchors beside them: the
+"""Variant x domain report of tracked runs (markdown + CSV), with the docs/rivals.md anchors beside them: the
 same as `feclip report` (`feclip/tracking/commands.py`), kept for checkouts without the `feclip` command.
 
     python scripts/report.py --uri sqlite:///mlflow.db --experiment feclip --metrics auroc acc_oracle \

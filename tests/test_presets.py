@@ -1,6 +1,6 @@
 """Every experiment preset (conf/experiment/*.yaml) composes and validates, on the real data layout
 (data=hdmap) with the preset's own backbones and offline with the tiny random-init stand-ins; the baseline
-presets (experiments/006_baselines) carry the settings of ../shared/docs/baselines.md."""
+presets (experiments/006_baselines) carry the settings of docs/rivals.md."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ OFFLINE = {
     "winclip": ["backbone=tiny"],
 }
 
-# The settings each baseline preset must carry (baselines.md section in the comment).
+# The settings each baseline preset must carry (docs/rivals.md section in the comment).
 EXPECTED = {
-    "patchcore_exp23": {  # section 2.6 / 2.10
+    "patchcore_exp23": {  # section 3.1
         "method.name": "patchcore",
         "method.backbone": "dinov2_vits14",
         "method.pretrained": True,
@@ -38,7 +38,7 @@ EXPECTED = {
         "fewshot.k": 0,
         "gating.name": "none",
     },
-    "patchcore_vitb": {  # section 2.7, full
+    "patchcore_vitb": {  # section 3.2, full
         "method.name": "patchcore",
         "method.backbone": "dinov2_vitb14",
         "method.blocks": ["blocks.8"],
@@ -48,7 +48,7 @@ EXPECTED = {
         "data.resize": "bilinear",
         "fewshot.k": 0,
     },
-    "ca_patchcore": {  # section 2.8 / 3.2
+    "ca_patchcore": {  # section 5.4 / 5.2
         "method.name": "patchcore",
         "method.backbone": "dinov2_vitb14",
         "method.blocks": ["blocks.8"],
@@ -60,7 +60,7 @@ EXPECTED = {
         "gating.name": "oracle",
         "seed": 42,
     },
-    "cpd_patchcore": {  # section 2.9 / 3.1
+    "cpd_patchcore": {  # section 6.2 / 6.1
         "method.name": "patchcore",
         "method.backbone": "dinov2_vitb14",
         "method.blocks": ["blocks.8", "blocks.11"],
@@ -74,7 +74,7 @@ EXPECTED = {
         "gating.name": "none",
         "seed": 42,
     },
-    "winclip": {  # section 2.1 / 2.2
+    "winclip": {  # section 4.1 / 4.2
         "method.name": "winclip",
         "backbone.name": "ViT-B-16-plus-240",
         "backbone.input_size": [240, 240],
@@ -85,7 +85,7 @@ EXPECTED = {
         "fewshot.k": 0,
         "gating.name": "none",
     },
-    "ca_winclip": {  # section 2.4 / 3.2
+    "ca_winclip": {  # section 5.3 / 5.2
         "method.name": "winclip",
         "backbone.name": "ViT-B-16-plus-240",
         "method.scales": [2, 3],
@@ -157,7 +157,7 @@ def test_preset_header_and_sweep_axes(name):
     assert text.startswith("# @package _global_\n")
     params = compose(f"experiment={name}", hydra=True).hydra.sweeper.params or {}
     if name in EXPECTED:
-        assert "baselines.md section" in text and "Not matched" in text
+        assert "docs/rivals.md section" in text and "Not matched" in text
         assert "tracking.experiment=baselines" in text
         assert dict(params) == SWEEPS.get(name, {})
     for key, values in dict(params).items():  # every value of every group axis composes and validates

@@ -27,7 +27,7 @@ Reference sources (SOURCES):
   bank. Train images carry no condition label, so a gated run with train references is rejected (`gated=True`)
   rather than labelling them with a p90 gate whose threshold would itself need labelled test normals.
 
-Horizontal context (CONTEXTS; CPD, baselines §3.1): ctx_k(i, j) = mean of f(i, j-k .. j+k) in the same token
+Horizontal context (CONTEXTS; CPD, docs/rivals.md 6.1): ctx_k(i, j) = mean f(i, j-k .. j+k) in the same token
 row, a 1x(2k+1) average pool with stride 1 and zero padding where the zeros are counted (edge contexts
 shrink), exactly as CPD-PatchCore. 'mean_k' -> [f | ctx_k], 'multi_k' -> [f | ctx_ks[0] | ctx_ks[1] | ...].
 The bank applies it identically to reference and query features (then L2-normalises for the cosine metric).

@@ -22,7 +22,7 @@ Gates (`make_gate(name, **params)`; unknown names or parameters raise `GateError
   p_cold is 1 or 0. Needs the batch metadata.
 - `p90(threshold=None, temperature=0.01)`: p90 = 90th percentile (linear interpolation, as np.percentile) of
   the raw pixel values of the NATIVE image (never a resized model input: resizing moved the gate's accuracy in
-  baselines §2.5). Cold iff p90 <= threshold. `fit` sets threshold = (max cold p90 + min warm p90) / 2 over
+  docs/rivals.md 5.2). Cold iff p90 <= threshold. `fit`: threshold = (max cold p90 + min warm p90) / 2 over
   the labelled references; when they overlap (max cold >= min warm) it still takes the midpoint and warns.
   A threshold given as a parameter is kept (fit is then a no-op). p_cold = sigmoid((threshold - p90) /
   temperature), temperature in p90 units: 0.01 is about the half-gap between cold and warm normals in

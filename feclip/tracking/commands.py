@@ -5,7 +5,7 @@
                                                          (python -m feclip.tracking report, scripts/report.py)
 
 sync logs finished job folders into a store afterwards (idempotent); report writes the variant x domain
-tables of an experiment's finished runs (report.md + CSVs), with the baselines.md anchors beside them.
+tables of an experiment's finished runs (report.md + CSVs), with the docs/rivals.md anchors beside them.
 """
 
 from __future__ import annotations

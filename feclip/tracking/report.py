@@ -1,4 +1,4 @@
-"""Variant x domain tables of tracked HDMAP runs, with the published anchor numbers of baselines.md beside.
+"""Variant x domain tables of tracked HDMAP runs, with the published anchor numbers of docs/rivals.md beside.
 
 `collect_runs` reads finished MLflow runs (one row per job run: domain, variant, seed, backbone, metrics);
 `variant_domain_table` turns one metric into cells "mean ± std (n=seeds)" x100 per variant and domain, plus
@@ -75,7 +75,7 @@ HOW_TO_READ = (
     "`mean` = mean over the domains present. Every row of a domain was scored on the same images "
     "(`eval_set`). `NOT DEPLOYABLE` marks rows whose runs read test labels (oracle gate, ...). Tables "
     "named `dev/...` are the dev part: choose variants there, claim on the test tables. Rows starting with "
-    "`anchor:` are published numbers from docs/baselines, measured under other protocols (notes under each "
+    "`anchor:` are published numbers from docs/rivals.md, measured under other protocols (notes under each "
     "table)."
 )
 Z95 = 1.959964  # two-sided 95 % normal quantile
@@ -87,7 +87,7 @@ class ReportError(FeclipError):
 
 @dataclass(frozen=True)
 class Anchor:
-    """Published numbers of a baseline (baselines.md), comparable to one feclip metric."""
+    """Published numbers of a rival (docs/rivals.md 1.2), comparable to one feclip metric."""
 
     label: str
     metric: str
@@ -104,41 +104,41 @@ class Anchor:
         return [*self.values, mean]
 
 
-WINCLIP_22 = "WinCLIP 0-shot 'industrial sensor data' (§2.2)"
-WINCLIP_22_NOTE = (
-    "§2.2: WinCLIP zero-shot, ViT-B-16-plus-240, 240x240, prompt class name 'industrial sensor data', "
-    "all 2000 test images, one run"
+WINCLIP = "WinCLIP 0-shot 'industrial sensor data' (rivals.md 4.2)"
+WINCLIP_NOTE = (
+    "docs/rivals.md 4.2: WinCLIP zero-shot, ViT-B-16-plus-240, 240x240, prompt class name "
+    "'industrial sensor data', all 2000 test images, one run"
 )
-PATCHCORE = "PatchCore full 1000-train (§2.7)"
+PATCHCORE = "PatchCore full 1000-train (rivals.md 3.2)"
 PATCHCORE_NOTE = (
-    "§2.7: PatchCore, DINOv2 ViT-B/14 blocks.8, 518 bilinear, 1000 train normals, coreset 1%; accuracy at "
-    "the test-optimal threshold (percentile sweep on test scores = oracle: compare with acc_oracle), "
-    "1980 test images, one seed"
+    "docs/rivals.md 3.2: PatchCore, DINOv2 ViT-B/14 blocks.8, 518 bilinear, 1000 train normals, coreset "
+    "1%; accuracy at the test-optimal threshold (percentile sweep on test scores = oracle: compare with "
+    "acc_oracle), 1980 test images, one seed"
 )
-CPD = "CPD-PatchCore 2-layer multi-k, 32-shot (§2.9)"
+CPD = "CPD-PatchCore 2-layer multi-k, 32-shot (rivals.md 6.2)"
 CPD_NOTE = (
-    "§2.9: CPD-PatchCore, ViT-B blocks 8+11, [f|ctx2|ctx3], references = 16 coldest + 16 warmest "
-    "test/good images (still scored); test-optimal threshold (oracle), 1980 test images, one seed"
+    "docs/rivals.md 6.2: CPD-PatchCore, ViT-B blocks 8+11, [f|ctx2|ctx3], references = 16 coldest + 16 "
+    "warmest test/good images (still scored); test-optimal threshold (oracle), 1980 test images, one seed"
 )
-EXP23 = "PatchCore exp-23, the user's paper (§2.6)"
+EXP23 = "PatchCore exp-23, the user's paper (rivals.md 3.1)"
 EXP23_NOTE = (
-    "§2.6: the user's PatchCore baseline (DINOv2 ViT-S/14 blocks.8, 518 nearest, no ImageNet norm, coreset "
-    "1%), accuracy as reported (paper figure: domain C 79.9 ± 1.2, domain average 91.6 ± 7.7; D not "
-    "published, ≈ 93.8 implied); threshold most likely test-optimal (Youden J): compare with acc_oracle"
+    "docs/rivals.md 3.1: the user's PatchCore baseline (DINOv2 ViT-S/14 blocks.8, 518 nearest, no ImageNet "
+    "norm, coreset 1%), accuracy as reported (paper figure: domain C 79.9 ± 1.2, domain average 91.6 ± 7.7; "
+    "D not published, ≈ 93.8 implied); threshold most likely test-optimal (Youden J): compare with acc_oracle"
 )
 ANCHORS = (
     Anchor(EXP23, "acc_oracle", ("96.3", "96.4", "79.9", "–"), EXP23_NOTE, "91.6"),
-    Anchor(WINCLIP_22, "auroc", ("81.93", "81.32", "73.05", "80.86"), WINCLIP_22_NOTE, "79.29"),
-    Anchor(WINCLIP_22, "auroc_cold", ("80.46", "72.33", "72.50", "71.06"), WINCLIP_22_NOTE, "74.09"),
-    Anchor(WINCLIP_22, "auroc_warm", ("84.49", "92.08", "75.53", "91.70"), WINCLIP_22_NOTE, "85.95"),
-    Anchor(WINCLIP_22, "auroc_cross", ("75.04", "66.86", "64.25", "68.69"), WINCLIP_22_NOTE, "68.71"),
-    Anchor(WINCLIP_22, "auroc_cross2", ("87.73", "94.02", "79.93", "91.99"), WINCLIP_22_NOTE, "88.42"),
+    Anchor(WINCLIP, "auroc", ("81.93", "81.32", "73.05", "80.86"), WINCLIP_NOTE, "79.29"),
+    Anchor(WINCLIP, "auroc_cold", ("80.46", "72.33", "72.50", "71.06"), WINCLIP_NOTE, "74.09"),
+    Anchor(WINCLIP, "auroc_warm", ("84.49", "92.08", "75.53", "91.70"), WINCLIP_NOTE, "85.95"),
+    Anchor(WINCLIP, "auroc_cross", ("75.04", "66.86", "64.25", "68.69"), WINCLIP_NOTE, "68.71"),
+    Anchor(WINCLIP, "auroc_cross2", ("87.73", "94.02", "79.93", "91.99"), WINCLIP_NOTE, "88.42"),
     Anchor(
-        "WinCLIP 0-shot best prompt 'sensor fault detection heatmap' (§2.1, 80% test subset)",
+        "WinCLIP 0-shot best prompt 'sensor fault detection heatmap' (rivals.md 4.1, 80% test subset)",
         "auroc",
         ("85.83", "97.72", "75.29", "94.15"),
-        "§2.1: WinCLIP zero-shot, best prompt by mean; AUROC over a random ~80% subset of the test images "
-        "(not the full 2000)",
+        "docs/rivals.md 4.1: WinCLIP zero-shot, best prompt by mean; AUROC over a random ~80% subset of the "
+        "test images (not the full 2000)",
         "88.25",
     ),
     Anchor(PATCHCORE, "auroc", ("99.85", "99.82", "98.21", "99.77"), PATCHCORE_NOTE),

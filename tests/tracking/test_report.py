@@ -16,9 +16,9 @@ from feclip.tracking.report import ReportError
 from feclip.tracking.sweep import study_summary
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "report.py"
-WINCLIP_ROW = "anchor: WinCLIP 0-shot 'industrial sensor data' (§2.2)"
-PATCHCORE_ROW = "anchor: PatchCore full 1000-train (§2.7)"
-CPD_ROW = "anchor: CPD-PatchCore 2-layer multi-k, 32-shot (§2.9)"
+WINCLIP_ROW = "anchor: WinCLIP 0-shot 'industrial sensor data' (rivals.md 4.2)"
+PATCHCORE_ROW = "anchor: PatchCore full 1000-train (rivals.md 3.2)"
+CPD_ROW = "anchor: CPD-PatchCore 2-layer multi-k, 32-shot (rivals.md 6.2)"
 
 
 def _log(client, exp_id, start, variant, domain, seed, metrics, status="FINISHED", backbone="tiny", **tags):
@@ -159,7 +159,7 @@ def test_write_report_markdown_csv_and_random_init_warning(store, tmp_path):
     row = " | ".join(["feclip·dct", *tables["auroc"].loc["feclip·dct"]])
     assert "## auroc (x100)\n" in text and f"| {row} |" in text
     assert "## acc_oracle (x100), ORACLE threshold: chosen on the test labels" in text
-    assert f"- `{PATCHCORE_ROW}`: §2.7" in text and "compare with acc_oracle" in text
+    assert f"- `{PATCHCORE_ROW}`: docs/rivals.md 3.2" in text and "compare with acc_oracle" in text
     csv = pd.read_csv(tmp_path / "out" / "auroc.csv")  # numbers in columns, no "±" strings
     assert list(csv.columns) == ["variant", "domain", "mean", "lo", "hi", "n", "seed_invariant"]
     cell = csv[(csv["variant"] == "feclip·dct") & (csv["domain"] == "A")].iloc[0]

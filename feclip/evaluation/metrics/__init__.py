@@ -17,7 +17,7 @@ Definitions (n_f faults, n_g goods; "predict fault at t" means score >= t unless
   chosen on the test labels), reported as such.
 - tpr_at_fpr1 = max TPR over the ROC operating points (distinct thresholds plus "nothing is a fault") whose
   FPR = FP / n_g <= 0.01; no interpolation between points (with 1000 goods: at most 10 false alarms).
-- acc_oracle (the user's PatchCore protocol, baselines.md §1): candidate thresholds = the 0th, 1st, ..., 100th
+- acc_oracle (the user's PatchCore protocol, docs/rivals.md 2.1): candidates t = the 0th, 1st, ..., 100th
   percentiles (numpy linear interpolation) of the test scores; fault iff score >= t; keep the first candidate
   with the best overall accuracy (`thr_oracle`); `_cold` / `_warm` apply that same threshold to the subsets.
   It sees the test labels: optimistic, always reported as oracle. (The top candidate is the max score, so
