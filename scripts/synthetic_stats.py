@@ -1,4 +1,4 @@
-"""The synthetic HDMAP generator against every section-6 target of ../shared/docs/hdmap.md, for some seeds.
+"""The synthetic HDMAP generator against every target of docs/data.md §6, for some seeds.
 
 Generates the four domains in memory (no files) per seed and prints the acceptance report of
 `feclip.data.stats.acceptance` (hard targets met per section, the rows the VERSION 1 generator missed, every

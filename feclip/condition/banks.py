@@ -1,5 +1,5 @@
-"""Reference banks: few-normal-shot memory banks (FE-CLIP paper §4.6), cold/warm banks chosen per image by a
-gate, CPD horizontal context, and the memory bank of PatchCore; shared by every method.
+"""Reference banks: few-normal-shot memory banks (FE-CLIP paper §4.6; docs/method.md §11), cold/warm banks
+chosen per image by a gate, CPD horizontal context, and the memory bank of PatchCore; shared by every method.
 
 A bank stores, per bank name ('cold', 'warm' or 'mixed') and feature level (FE-CLIP: a tap; WinCLIP: the
 patch scale and each window scale; PatchCore: its one aggregated level), the descriptors of all reference
@@ -19,7 +19,7 @@ Pipeline use (meta: the domain's metadata, train + test rows; features: `MethodO
 
 Reference sources (SOURCES):
 - `test_extremes` (the user's protocol): the k lowest file indices of the test/good rows in `meta` form the
-  'cold' bank, the k highest the 'warm' bank (the file index is the only cold/warm label, hdmap.md §1.1:
+  'cold' bank, the k highest the 'warm' bank (the file index is the only cold/warm label, docs/data.md §1.1:
   index 0-499 cold, 500-999 warm; "coldest/warmest" means lowest/highest index, not a measured temperature);
   all 2k are excluded from scoring. The job passes the study split's refs part as those rows
   (`feclip.evaluation.split`), or every test row under `eval.split.protocol=whole_test`.

@@ -1,6 +1,6 @@
 """Cold/warm gates: per image, which condition's reference bank scores it, and how confidently.
 
-HDMAP test images come from two operating conditions (cold, warm; ../shared/docs/hdmap.md §2.3). A gate
+HDMAP test images come from two operating conditions (cold, warm; docs/data.md §2.3). A gate
 looks at an image and returns a `GateDecision`; `feclip.condition.banks.gated_terms` turns it into the
 reference terms of a batch (one bank, each image's selected bank, or both weighted).
 

@@ -310,7 +310,7 @@ def _geometry(image: Image.Image, size: tuple[int, int], geometry: str, resample
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark dataset: its categories, published layout, lister and, where the FE-CLIP paper reports
-    it, the paper's macro numbers in percent (image AUROC / AP, pixel AUROC / PRO; feclip_method.md §3)."""
+    it, the paper's macro numbers in percent (image AUROC / AP, pixel AUROC / PRO; docs/method.md §13)."""
 
     categories: tuple[str, ...]
     layout: str

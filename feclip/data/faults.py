@@ -1,6 +1,6 @@
 """Horizontal band faults on HDMAP images: the test faults' primitives and two training-fault families.
 
-The synthetic test faults (`synthetic.py`, ../shared/docs/hdmap.md sections 3 and 5.2) and the default
+The synthetic test faults (`synthetic.py`, docs/data.md §3 and §5.2; this comparison: §5.5) and the default
 training faults injected by `inject_band_faults` (`aux=synthetic_faults`, family "training") side by side,
 test | training:
 - process: image × (1 + A·v(y)·m(x)), the in-place texture amplified | + a cut-paste strip: a patch of the
@@ -16,8 +16,9 @@ random parameters (`amplitude`, `sigma_y`, `coverage`), without the texture chan
 
 `test_like` runs the test faults' own band function (`apply_band_faults`) on random parameters, so training on
 it and testing on synthetic faults is in-distribution: its results are optimistic and must not be read as
-HDMAP performance. The default `training` family follows the user's DRAEM-CutPaste augmentation (hdmap.md 3,
-native variant: h 1-2 rows, w 10-80 columns) and shares no step with the test faults except being horizontal.
+HDMAP performance. The default `training` family follows the user's DRAEM-CutPaste augmentation
+(docs/data.md §3, native variant: h 1-2 rows, w 10-80 columns) and shares no step with the test faults except
+being horizontal.
 
 Band (test faults and `test_like`):
 - `v(y) = exp(-(y - y_f)² / (2 σ_y²))`: a Gaussian row profile around the fault row `y_f` (`row_profile`);

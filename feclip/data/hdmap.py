@@ -1,6 +1,6 @@
 """The real HDMAP folder: float32 single-channel TIFFs, one tensor per domain plus a metadata table.
 
-Layout (../shared/docs/hdmap.md section 1): `<root>/domain_<X>/{train/good, test/good,
+Layout (docs/data.md §1): `<root>/domain_<X>/{train/good, test/good,
 test/fault}/NNNNNN.tiff`, (31, 95) float32 maps, values ~0-1 and up to ~3 in faults: **never clipped**. Test
 file indices below the cold/warm split are cold, the others warm (000000-000499 / 000500-000999); train images
 carry no condition. Synthetic sets (feclip.data.synthetic) add pixel masks under `ground_truth/fault/`.
@@ -30,7 +30,7 @@ from feclip.registry import Registry
 
 @dataclass(frozen=True)
 class Domain:
-    """One HDMAP domain: its sensor, data type and the scaling maximum (raw units), hdmap.md section 1.2."""
+    """One HDMAP domain: its sensor, data type and the scaling maximum (raw units), docs/data.md §1.2."""
 
     sensor: str
     data_type: str
@@ -51,7 +51,7 @@ FOLDERS = (("train", "good", 0), ("test", "good", 0), ("test", "fault", 1))  # (
 NAME = re.compile(r"[0-9]{6}")
 SPLITS = ("train", "test")
 TIFF_SUFFIXES = (".tif", ".tiff")
-COLD_WARM_SPLIT = 500  # the HDMAP layout: test file index 0-499 cold, 500-999 warm (hdmap.md section 1.1)
+COLD_WARM_SPLIT = 500  # the HDMAP layout: test file index 0-499 cold, 500-999 warm (docs/data.md §1.1)
 META_COLUMNS = ("domain", "split", "label", "file_index", "condition", "path")
 
 

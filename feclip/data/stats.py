@@ -1,22 +1,22 @@
-"""HDMAP image statistics and the measured targets of ../shared/docs/hdmap.md section 6.
+"""HDMAP image statistics and the measured targets of docs/data.md §6 (section numbers here are that
+document's; the measured values themselves: its §2).
 
 The metric functions follow section 6.7 (population std, NumPy linear percentiles over all pixels of the
 native image, band energy / APE / SFM definitions) so the synthetic generator is compared with the real data
-the way the mirror measured it. `acceptance` turns every target of 6.1-6.6 into one row with its tolerance:
-hard rows (6.1-6.5 and the structure checks of 6.6: APE, SFM of normals, one band row in warm faults, the C
-row contrast) are the acceptance criteria, soft rows (the spectral shares of 6.6 and the fault SFM) are
-reported. Used by tests/data/test_synthetic.py and scripts/synthetic_stats.py.
+the way the user's measurements were made. `acceptance` turns every target of 6.1-6.6 into one row with its
+tolerance: hard rows (6.1-6.5 and the structure checks of 6.6: APE, SFM of normals, one band row in warm
+faults, the C row contrast) are the acceptance criteria, soft rows (the spectral shares of 6.6 and the fault
+SFM) are reported. Used by tests/data/test_synthetic.py and scripts/synthetic_stats.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from feclip.evaluation import metrics
 import scipy.fft
 
 from feclip.errors import FeclipError
+from feclip.evaluation import metrics
 
 
 class StatsError(FeclipError):
@@ -105,7 +105,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 def best_threshold_accuracy(values: np.ndarray, warm: np.ndarray) -> tuple[float, float]:
     """(accuracy %, threshold): the best single-threshold cold/warm gate, cold = value <= threshold.
 
-    Like the mirror, the lowest threshold (an observed value) that reaches the best accuracy."""
+    Like the user's EDA, the lowest threshold (an observed value) that reaches the best accuracy."""
     order = np.argsort(values, kind="stable")
     sorted_values, sorted_warm = np.asarray(values)[order], np.asarray(warm, dtype=bool)[order]
     cold_below = np.cumsum(~sorted_warm)  # cold images <= threshold at each cut
@@ -315,8 +315,8 @@ def soft_table(domains: dict) -> pd.DataFrame:
     """6.6 spectral targets, one row per (domain, metric): synth, target, tolerance and whether it holds.
 
     Band energy of normals (train + test good): very_low ±0.5 pp, other bands ±50 %; fault - normal very_low:
-    same sign; APE normal ±0.02, fault ±0.03, fault > normal; SFM normal ±0.04; SFM fault ±0.04 (the spec
-    reports it only; the tolerance is ours)."""
+    same sign; APE normal ±0.02, fault ±0.03, fault > normal; SFM normal ±0.04; SFM fault ±0.04 (the measured
+    data gives no tolerance; this one is ours)."""
     rows = []
     for name, (images, meta) in domains.items():
         fault, bands = _part(meta, "test fault"), band_energy(images)

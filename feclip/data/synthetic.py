@@ -1,10 +1,12 @@
-"""Calibrated synthetic HDMAP generator (../shared/docs/hdmap.md section 5), all four domains.
+"""Calibrated synthetic HDMAP generator (docs/data.md §5), all four domains.
 
 Writes the real layout `<out>/domain_X/{train/good,test/good,test/fault}/NNNNNN.tiff` (float32 (31, 95), never
 clipped; test files 0 .. n_test//2 - 1 cold, the rest warm), uint8 {0, 1} pixel masks of every fault in
 `<out>/domain_X/ground_truth/fault/NNNNNN.tiff` (what they cover: option `mask`), the sidecar
 `<out>/synthetic_meta.csv` and the marker `<out>/synthetic_params.json` holding the generation parameters
 (written last; `<out>/.generating.json` marks a generation in progress, so an interrupted one is redone).
+
+Section numbers in this module ("5.2", "(6.5)", "section-6 targets") are those of docs/data.md.
 
 Image model (5.2, VERSION 2): a per-image log-texture field L (fixed per domain and condition: column
 fingerprint COL, row profile ROW, mesh lattice LAT; per image: smooth field SM, white noise N), rendered as
@@ -13,14 +15,14 @@ Faults: gain and CV shift, a different texture mix (`fault_mult` scales the five
 lattice gains, the column fingerprint and the smooth field lose), a horizontal band and peaks on the domain's
 fault row. Train images with max > 1 are redrawn.
 
-Changes from the spec's prototype (VERSION 1), each fitted to the section-6 targets (`stats.acceptance`,
-`scripts/synthetic_stats.py`):
-- COL, ROW and LAT are random-phase fields with fixed amplitude spectra (the expected spectra of the spec's
+Changes from the VERSION 1 generator (the first calibrated prototype), each fitted to the section-6 targets
+(`stats.acceptance`, `scripts/synthetic_stats.py`; summarised in docs/data.md §7):
+- COL, ROW and LAT are random-phase fields with fixed amplitude spectra (the expected spectra of VERSION 1's
   white-noise constructions); warm phases are the cold ones plus noise. The spectral statistics (APE, SFM,
   radial bands) then no longer depend on the seed's draw of the domain fingerprint.
-- isolated dark pixels (DARK_*): the spec's §7 fix for the too-high per-image min;
-- isolated bright pixels with per-domain, per-condition rate, amplitude and spread (§7's fix for the narrow
-  max spread);
+- isolated dark pixels (DARK_*): the fix of §7 for the too-high per-image min;
+- isolated bright pixels with per-domain, per-condition rate, amplitude and spread (the fix of §7 for the
+  narrow max spread);
 - faults change all five texture shares (`fault_mult`), not only COL and LAT: B and D faults keep their
   CV and get the lower SFM of the real faults; the very-low band share drops in faults as measured;
 - the warm level spread is a skewed Beta(2, 3) (LEVEL_BETA; measured skew 0.19-0.35, kurtosis -0.64 against
@@ -60,10 +62,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
-from tqdm.auto import tqdm
 from scipy.stats import beta as beta_distribution
 from scipy.stats import poisson
+from tqdm.auto import tqdm
 
+from feclip.cli import guard
 from feclip.data.faults import (
     BandFaults,
     apply_band_faults,
@@ -74,7 +77,6 @@ from feclip.data.faults import (
     standardize,
 )
 from feclip.data.hdmap import COLD_WARM_SPLIT, DOMAINS, FOLDERS
-from feclip.cli import guard
 from feclip.errors import FeclipError, note
 from feclip.files import write_text
 
@@ -91,7 +93,7 @@ SIDECAR_COLUMNS = (
 
 LEVEL_SD = (0.076, 0.065)  # r_c: relative sd of the per-image level, (cold, warm)
 # Beta shapes (a, b) of the level spread, (cold, warm). v2: warm Beta(2, 3) (was Beta(2, 2), skew 0), skew
-# 0.29 against the measured skew of the C warm per-image means 0.35 (good) / 0.19 (fault) (hdmap.md 2.2): a
+# 0.29 against the measured skew of the C warm per-image means 0.35 (good) / 0.19 (fault) (§2.2): a
 # shorter lower tail of the warm images, for the C mean-threshold gate (6.4). Cold stays Beta(2, 2) (measured
 # skew 0.15; a skewed cold spread lengthens the upper tail of the cold p90 and breaks the B p90 gate)
 LEVEL_BETA = ((2.0, 2.0), (2.0, 3.0))
@@ -120,7 +122,7 @@ class SyntheticError(FeclipError):
 
 @dataclass(frozen=True)
 class DomainParams:
-    """One domain's generator parameters (hdmap.md 5.3 and 5.4); pairs are (cold, warm)."""
+    """One domain's generator parameters (docs/data.md §5.3 and §5.4); pairs are (cold, warm)."""
 
     mu: tuple[float, float]  # condition level μ_c
     cv: tuple[float, float]  # condition CV_c
@@ -150,8 +152,9 @@ class DomainParams:
     cap_fault: float
 
 
-# hdmap.md 5.3 / 5.4 values, except where a "v2:" comment gives the old value and the section-6 target the new
-# one was fitted to (scripts/synthetic_stats.py, seeds 0-5). Weights that moved keep the others' proportions.
+# The tables of docs/data.md §5.3 / §5.4 list these values: VERSION 1's calibration, except where a "v2:"
+# comment gives the old value and the section-6 target the new one was fitted to (scripts/synthetic_stats.py,
+# seeds 0-5). Weights that moved keep the others' proportions.
 PARAMS = {
     "A": DomainParams(
         mu=(0.150, 0.288), cv=(0.24, 0.31), sigma=0.32, train_tau=(0.689, 0.266),
@@ -689,8 +692,9 @@ def ensure(out, domains=DOMAINS, n_train: int = 1000, n_test: int = 1000, seed: 
     """`out` holding the synthetic set with these parameters.
 
     Identical marker and every file present: nothing to do. No marker (absent or empty folder), an
-    interrupted generation (`PARTIAL`) or identical marker with files missing: generated. A marker with other parameters (or of another VERSION): refused,
-    since regenerating in place would silently change the data of earlier runs on this folder."""
+    interrupted generation (`PARTIAL`) or identical marker with files missing: generated. A marker with other
+    parameters (or of another VERSION): refused, since regenerating in place would silently change the data of
+    earlier runs on this folder."""
     out = Path(out)
     marker = _marker(domains, n_train, n_test, seed, options)
     with _locked(out):

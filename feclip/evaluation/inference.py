@@ -95,7 +95,7 @@ def predict(
 def evaluate_hdmap(
     scored: HDMAPData, val_scores: np.ndarray | None, val_percentile: float
 ) -> dict[str, float]:
-    """HDMAP protocol metrics (../shared/docs/architecture.md) of a scored test set (meta has `score`);
+    """HDMAP protocol metrics (docs/data.md §8) of a scored test set (meta has `score`);
     with pixel masks (synthetic data) also `pixel_auroc` on the native-size maps."""
     meta = scored.meta
     metrics = hdmap_metrics(

@@ -1,4 +1,4 @@
-"""The paper's zero-shot benchmark protocol (feclip_method.md sections 2-3).
+"""The paper's zero-shot benchmark protocol (docs/method.md §13).
 
 Train the adapters on the test split of one dataset (all categories, image labels and masks), then evaluate on
 every category of other datasets: image AUROC / AP, pixel AUROC and PRO per category and their macro means.

@@ -116,8 +116,8 @@ class FreqConfig:
 
 @dataclass
 class FEClipConfig:
-    """The `model` group's head options (defaults: ../shared/docs/feclip_method.md section 4) and the `freq`
-    group nested: FEClipConfig(**model_head, freq=FreqConfig(**freq)). A list is accepted for `taps`."""
+    """The `model` group's head options (defaults and why: docs/method.md §12, "Open choices") and the
+    `freq` group nested: FEClipConfig(**model_head, freq=FreqConfig(**freq)). `taps` may be a list."""
 
     taps: str | list[int] = "groups"
     n_taps: int = 4

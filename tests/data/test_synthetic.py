@@ -1,4 +1,4 @@
-"""Acceptance tests of the synthetic HDMAP generator (../shared/docs/hdmap.md section 6), and its writer.
+"""Acceptance tests of the synthetic HDMAP generator (docs/data.md §6), and its writer.
 
 The four domains (1000 train, 500 per test group) are generated once per module with seed 0 and the default
 options; `stats.acceptance` turns every section-6 target into a row with its tolerance. Every hard row must
@@ -57,7 +57,7 @@ def test_every_hard_target_of_the_section_holds(acceptance, section):
 def test_report_shows_the_key_rows_and_the_soft_rows(acceptance, capsys):
     report = stats.acceptance_report(acceptance)
     with capsys.disabled():
-        print(f"\n\nsynthetic HDMAP, seed {SEED}, acceptance (hdmap.md section 6):\n\n{report}\n")
+        print(f"\n\nsynthetic HDMAP, seed {SEED}, acceptance (docs/data.md §6):\n\n{report}\n")
     soft = acceptance[~acceptance["hard"]]
     assert len(soft) == 4 * 7 and set(soft["section"]) == {"6.6 spectra (soft)"}
     for domain, check in stats.KEY_ROWS:

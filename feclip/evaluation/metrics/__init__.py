@@ -1,4 +1,4 @@
-"""Evaluation metrics: the HDMAP protocols, the paper's benchmark metrics and the cold/warm gate accuracy.
+"""Evaluation metrics: the HDMAP protocols (docs/data.md §8), the paper's benchmark metrics, gate accuracy.
 
 Conventions shared by every function here:
 - Higher score = more anomalous; label 1 = fault (anomalous), 0 = good. Masks are {0, 1} per pixel.

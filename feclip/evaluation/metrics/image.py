@@ -100,7 +100,7 @@ def _oracle_threshold(scores: np.ndarray, fault: np.ndarray) -> float:
 def hdmap_metrics(
     scores, labels, condition, val_scores=None, val_percentile: float = 99.0
 ) -> dict[str, float]:
-    """The named HDMAP protocol metrics (architecture.md), definitions in the module docstring.
+    """The named HDMAP protocol metrics (docs/data.md §8), definitions in the module docstring.
 
     scores: (N,) test image scores; labels: (N,) 0 good / 1 fault; condition: (N,) 'cold' | 'warm';
     val_scores: (M,) scores of held-out normal images or None (then acc_val*, thr_val are NaN);

@@ -1,8 +1,9 @@
 """FE-CLIP behind the method interface: adapters trained on the auxiliary source, few-shot banks added.
 
-With reference banks (paper §4.6): final map = FE-CLIP map + weight_map * bilinear(few-shot map), final
-score = FE-CLIP score + weight_score * max(few-shot map) (the max on the token grid), where the few-shot map
-is the mean over taps of 1 - max cosine similarity of the fused patch tokens to the bank.
+With reference banks (paper §4.6; docs/method.md §11): final map = FE-CLIP map + weight_map *
+bilinear(few-shot map), final score = FE-CLIP score + weight_score * max(few-shot map) (the max on the token
+grid), where the few-shot map is the mean over taps of 1 - max cosine similarity of the fused patch tokens to
+the bank.
 """
 
 from __future__ import annotations
