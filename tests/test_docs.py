@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+OUTSIDE = re.compile(r"\.\./shared|shared/docs|\b(hdmap|baselines|feclip_method)\.md")  # the user's notes
+RECORDS = re.compile(r"experiments/.*/report\.md$")  # reports earlier commands wrote, kept as they were
 README_LINES = 150  # a five-minute read; the reference lives in docs/
 
 
@@ -17,9 +20,8 @@ def tracked_text_files() -> list[Path]:
     names = subprocess.run(
         ["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True
     ).stdout.split()
-    return [
-        ROOT / n for n in names if Path(n).suffix in {".py", ".md", ".yaml", ".sh", ".toml", ".ipynb", ""}
-    ]
+    kinds = {".py", ".md", ".yaml", ".sh", ".toml", ".ipynb", ""}
+    return [ROOT / n for n in names if Path(n).suffix in kinds and not RECORDS.search(n) and n != THIS]
 
 
 def slug(heading: str) -> str:
@@ -40,7 +42,7 @@ def test_no_tracked_file_points_outside_the_repository():
         for path in tracked_text_files()
         if path.is_file()
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
-        if "../shared" in line or "shared/docs" in line
+        if OUTSIDE.search(line)
     ]
     assert not offending, f"paths outside the repository: {offending}"
 
@@ -64,7 +66,7 @@ def test_the_readme_is_short_and_its_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= README_LINES
     ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
-    assert f"\n{ci_command}\n" in readme
+    assert f"\n{ci_command.replace('pip install -q ', 'pip install ')}\n" in readme  # CI installs quietly
     assert "feclip run -m experiment=default_sweep" in readme
 
 
