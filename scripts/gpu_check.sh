@@ -85,8 +85,9 @@ else
 fi
 
 # 1) the tests marked cuda (every method's bf16 agreement, predict with banks and gates on the GPU; skipped
-#    without a GPU: the --cpu run checks that they collect)
-step pytest 180 "$PY" -m pytest -q -m cuda -p no:cacheprovider -n 0
+#    without a GPU: the --cpu run checks that they collect), from the files that mark any
+mapfile -t CUDA_TESTS < <(grep -rl --include='test_*.py' 'mark\.cuda' tests)
+step pytest 180 "$PY" -m pytest -q -m cuda -p no:cacheprovider -n 0 "${CUDA_TESTS[@]}"
 
 # 2) the paper setting: ViT-L/14 at 336, batch 32, bf16 (the OpenAI weights when cached, else random init:
 #    the bench prints which; weights do not change timing); the token cache of 512 images (host RAM while filling)
