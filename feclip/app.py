@@ -52,7 +52,9 @@ def entry(cfg: DictConfig) -> float | None:
 
 
 def hydra_run(overrides: Sequence[str]) -> int:
-    """Hydra's command line on `overrides` (sys.argv is what Hydra parses); the sweep's exit code."""
+    """Hydra's command line on `overrides` (sys.argv is what Hydra parses), once every value they name
+    composes (`check_overrides`); the sweep's exit code."""
+    check_overrides(overrides)
     saved = sys.argv[1:]
     sys.argv[1:] = list(overrides)
     try:
@@ -60,6 +62,87 @@ def hydra_run(overrides: Sequence[str]) -> int:
     finally:
         sys.argv[1:] = saved
     return cli.load("feclip.tracking.sweep:sweep_exit_code")()
+
+
+def check_overrides(argv: Sequence[str]) -> None:
+    """Compose the config of every value the command line names before Hydra starts anything: the fixed
+    overrides with each value of each discrete sweep in turn (the others at their first value; `interval`
+    sweeps are a search's, checked by its plan). A group option or a key that does not exist is one
+    `FeclipError` line (exit 2) instead of Hydra's multi-line report (exit 1), and a sweep with one makes no
+    parent run. Command lines Hydra's parser refuses are left to Hydra's own message."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except (Exception, SystemExit):
+        return
+    if args.config_dir or args.config_name or args.config_path:
+        return  # another primary config than feclip's: Hydra composes it
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweeps = {o.get_key_element(): _sweep_values(o) for o in parsed if o.is_sweep_override()}
+    sweeps = {key: values for key, values in sweeps.items() if values}
+    first = {key: values[0] for key, values in sweeps.items()}
+    choices = [first, *({**first, key: value} for key, values in sweeps.items() for value in values[1:])]
+    GlobalHydra.instance().clear()  # an earlier in-process run's; hydra.main initialises its own
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for chosen in choices:
+            _compose([*fixed, *(f"{key}={value}" for key, value in chosen.items())])
+
+
+def _sweep_values(override) -> list[str]:
+    """The values of a discrete sweep override (`a,b`, `range(0,3)`), [] for the others (interval, glob)."""
+    try:
+        return list(override.sweep_string_iterator()) if override.is_discrete_sweep() else []
+    except Exception:  # glob(...): its options are known to the sweeper only
+        return []
+
+
+def _compose(overrides: list[str]) -> None:
+    """Compose feclip's config with `overrides` (Hydra's part included: launchers, sweepers, searchpath);
+    Hydra's composition errors as one line."""
+    from hydra.errors import HydraException, MissingConfigException
+
+    from feclip.errors import FeclipError
+
+    try:
+        hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as error:
+        group, _, option = str(error.missing_cfg_file or "").rpartition("/")
+        if not group or not error.options:
+            raise FeclipError(_first_lines(error)) from None
+        expected = ", ".join(sorted(error.options))
+        raise FeclipError(
+            f"{group}={option} is not an option of config group {group}; expected one of: {expected}"
+        ) from None
+    except HydraException as error:
+        key = getattr(error.__cause__, "full_key", None)
+        if not key or "not in struct" not in str(error.__cause__):
+            raise FeclipError(_first_lines(error)) from None
+        others = [o for o in overrides if o.split("=")[0].lstrip("+~") != key]
+        raise FeclipError(_unknown_key(key, others)) from None
+
+
+def _unknown_key(key: str, others: list[str]) -> str:
+    """The line for an override of a key the config does not have: the keys its parent node does have."""
+    from omegaconf import DictConfig, OmegaConf
+
+    parent = key.rpartition(".")[0]
+    cfg = hydra.compose(config_name="config", overrides=others)
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    known = f"; expected one of: {', '.join(sorted(node))}" if isinstance(node, DictConfig) else ""
+    return f"{key} is not a config key{known} (a new key is added with +{key}=...)"
+
+
+def _first_lines(error: BaseException) -> str:
+    """The first line of `error` and of its cause (`Could not override 'model.lamda'. (Key 'lamda' is not in
+    struct)`), and Hydra's hint to append a key when it gave one."""
+    lines = str(error).strip().splitlines()
+    cause = str(error.__cause__).strip().splitlines()[0] if error.__cause__ else ""
+    hint = next((line for line in lines[1:] if "+" in line and "append" in line), "")
+    return "; ".join(part for part in (lines[0] + (f" ({cause})" if cause else ""), hint) if part)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python run.py", name: str = PROG) -> int:

@@ -98,3 +98,47 @@ def test_run_and_predict_stop_on_bad_input_in_one_line(tmp_path):
     assert predicted.stderr.splitlines()[-1] == (
         f"feclip: error: {checkpoint} is not a feclip model directory: predictor.json is missing"
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["domain=E"], "domain=E is not an option of config group domain; expected one of: A, B, C, D"),
+        (
+            ["-m", "freq=dct,fftt"],
+            "freq=fftt is not an option of config group freq; expected one of: conv_adapter",
+        ),
+        (
+            ["-m", "domain=A", "hydra/launcher=joblibb"],
+            "hydra/launcher=joblibb is not an option of config group",
+        ),
+        (["model.lamda=0.1"], "model.lamda is not a config key; expected one of: adapters, checkpoint"),
+        (
+            ["-m", "seed=0,1", "eval.split.refs=3"],
+            "eval.split.refs is not a config key; expected one of: dev_fraction",
+        ),
+    ],
+)
+def test_an_unknown_option_or_key_is_one_line_before_anything_runs(tmp_path, overrides, line):
+    """What Hydra reports in many lines with exit 1 after a sweep's parent run exists: one line, exit 2,
+    no folder and no store written; every value of a sweep is checked."""
+    done = feclip_command("run", *overrides, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"feclip: error: {line}"), done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_option_a_sweep_names_is_composed_once_the_others_at_their_first(monkeypatch):
+    composed = []
+    monkeypatch.setattr(app, "_compose", composed.append)
+    app.check_overrides(
+        ["-m", "domain=A,B,C", "freq=dct,fft", "seed=range(0,2)", "model.lam=interval(0.1,0.5)"]
+    )
+    first = ["domain=A", "freq=dct", "seed=0"]
+    assert composed == [
+        first,
+        ["domain=B", "freq=dct", "seed=0"],
+        ["domain=C", "freq=dct", "seed=0"],
+        ["domain=A", "freq=fft", "seed=0"],
+        ["domain=A", "freq=dct", "seed=1"],
+    ]
