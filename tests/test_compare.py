@@ -15,6 +15,8 @@ from helpers import run_cli, small_data
 from mlflow import MlflowClient
 
 from feclip.evaluation.compare import RUN_INTERVALS
+from feclip.tracking import PARENT_FILE
+from feclip.tracking.commands import report_main
 from feclip.tracking.report import folder_runs, variant_domain_table
 
 INTERVAL_METRICS = (
@@ -115,3 +117,20 @@ def test_the_compare_command_refuses_in_one_line(study):
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "--baseline 'winclip.default' names no variant of" in done.stderr
+
+
+def test_feclip_report_of_a_sweep_folder_equals_the_report_of_its_store(study, tmp_path):
+    """`feclip report --sweep-dir` reads the job folders (no store); the store's report of the same sweep
+    (its parent run's children) has the same cells."""
+    parent = json.loads((study["sweep"] / PARENT_FILE).read_text())["run_id"]
+    metrics = ["auroc", "acc_fa1_cold"]
+    store = ["--uri", study["uri"], "--experiment", "study", "--parent-run-id", parent]
+    assert (
+        report_main(["--sweep-dir", str(study["sweep"]), "--metrics", *metrics, "--out", str(tmp_path / "f")])
+        == 0
+    )
+    assert report_main([*store, "--metrics", *metrics, "--out", str(tmp_path / "s")]) == 0
+    for metric in metrics:
+        folders, stored = (pd.read_csv(tmp_path / part / f"{metric}.csv") for part in ("f", "s"))
+        assert len(folders) == 2 and folders.equals(stored), metric
+    assert report_main(["--sweep-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2  # no jobs there

@@ -17,15 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import tifffile
-import torch
 
 from feclip.errors import FeclipError
 from feclip.files import listed
 from feclip.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading DOMAINS (a report) loads no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class HDMAPData:
         if rows.dtype == bool and rows.shape != (len(self),):
             raise HDMAPError(f"subset: bool mask of shape {rows.shape}, expected ({len(self)},)")
         positions = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        import torch
+
         index = torch.from_numpy(positions)
         return HDMAPData(
             self.images[index],
@@ -250,6 +255,8 @@ def load_domain(
     negative = int((stacked < 0).sum())
     if negative:
         warnings.warn(f"{domain_dir}: {negative} negative pixel values (kept as they are)", stacklevel=2)
+    import torch
+
     return HDMAPData(
         torch.from_numpy(stacked),
         meta[list(META_COLUMNS)],

@@ -7,26 +7,41 @@
 - `report`: variant x domain tables of tracked runs with the published anchors beside them.
 """
 
-from feclip.tracking.names import JobInfo, name_parts, run_name, variant
-from feclip.tracking.sweep import PARENT_FILE, MlflowSweepCallback, end_sweep, parent_run_id_for_sweep
-from feclip.tracking.tracker import (
-    NONFINITE_TAG,
-    PARENT_TAG,
-    Tracker,
-    client_for,
-    experiment_id,
-    flatten_config,
-    search_all_runs,
-)
-from feclip.tracking.uris import (
-    ENV_URI,
-    TrackingError,
-    check_tracking_uri,
-    resolve_tracking_uri,
-    run_url,
-    sqlite_path,
-    ui_command,
-)
+from importlib import import_module
+
+_HOMES = {  # what `feclip.tracking.<name>` is, imported on first use: `import feclip.tracking.report` (the
+    # report command) does not load the sweep callback's Hydra, figures and torch
+    "names": ("JobInfo", "name_parts", "run_name", "variant"),
+    "sweep": ("PARENT_FILE", "MlflowSweepCallback", "end_sweep", "parent_run_id_for_sweep"),
+    "tracker": (
+        "NONFINITE_TAG",
+        "PARENT_TAG",
+        "Tracker",
+        "client_for",
+        "experiment_id",
+        "flatten_config",
+        "search_all_runs",
+    ),
+    "uris": (
+        "ENV_URI",
+        "TrackingError",
+        "check_tracking_uri",
+        "resolve_tracking_uri",
+        "run_url",
+        "sqlite_path",
+        "ui_command",
+    ),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _HOME_OF:
+        raise AttributeError(f"module 'feclip.tracking' has no attribute {name!r}")
+    value = getattr(import_module(f"feclip.tracking.{_HOME_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ENV_URI",

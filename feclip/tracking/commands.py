@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from feclip import tracking
 from feclip.cli import guard
 from feclip.files import writable_folder
-from feclip.tracking.report import build_report
-from feclip.tracking.sync import sync
+from feclip.tracking.report import build_folder_report, build_report
 
 BOUNDARY = "feclip.tracking"  # the prefix of the one-line errors of `python -m feclip.tracking`
 
@@ -35,6 +34,8 @@ def sync_main(
 
 
 def _sync(folder: str, uri: str | None) -> int:
+    from feclip.tracking.sync import sync  # MLflow: only for the command that logs
+
     run_ids = sync(folder, uri)
     print(f"synced {len(run_ids)} runs from {folder}")
     return 0
@@ -55,20 +56,18 @@ def report_main(
     parser.add_argument("--out", default="report", help="output folder for report.md and the CSVs")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--parent-run-id", default=None, help="only the children of this sweep parent run")
-    scope.add_argument("--sweep-dir", default=None, help="only the runs of this Hydra sweep folder")
+    scope.add_argument(
+        "--sweep-dir", default=None, help="the jobs of this sweep folder, read from their folders (no store)"
+    )
     args = parser.parse_args(argv)
     return guard(lambda: _report(args), name, stopped=f"{args.out} may hold an older report")
 
 
 def _report(args: argparse.Namespace) -> int:
-    parent = args.parent_run_id
-    if args.sweep_dir:
-        parent = tracking.parent_run_id_for_sweep(args.sweep_dir)
-        if parent is None:
-            raise tracking.TrackingError(f"{args.sweep_dir} has no {tracking.PARENT_FILE}; was tracking on?")
     writable_folder(args.out, "--out")
-    path = build_report(
-        tracking.resolve_tracking_uri(args.uri), args.experiment, args.metrics, args.out, parent
-    )
-    print(path)
+    if args.sweep_dir:
+        print(build_folder_report(args.sweep_dir, args.metrics, args.out))
+        return 0
+    uri = tracking.resolve_tracking_uri(args.uri)
+    print(build_report(uri, args.experiment, args.metrics, args.out, args.parent_run_id))
     return 0

@@ -542,3 +542,16 @@ def build_report(
         scope = f"children of run {parent_run_id}" if parent_run_id else "runs"
         raise ReportError(f"experiment {experiment!r} at {uri} has no finished {scope}")
     return write_report({metric: variant_domain_table(runs, metric) for metric in metrics}, out_dir, runs)
+
+
+def build_folder_report(folder: str | Path, metrics: list[str], out_dir: str | Path) -> Path:
+    """The report of a sweep folder's (or one job folder's) finished jobs, read from their run.json and
+    metrics.json: the job folders are the source, so no store is opened (`feclip report --sweep-dir`)."""
+    runs = folder_runs(folder)
+    runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
+    if runs.empty:
+        raise ReportError(f"{folder} has no finished HDMAP job folders (run.json FINISHED with metrics.json)")
+    tables = {metric: variant_domain_table(runs, metric) for metric in metrics}
+    for table in tables.values():
+        table.attrs["experiment"] = str(folder)
+    return write_report(tables, out_dir, runs)

@@ -3,10 +3,10 @@ and the NaN-with-a-warning rule for subsets where a metric is undefined (see `fe
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
-import torch
 
 from feclip.errors import FeclipError
 
@@ -23,7 +23,8 @@ class MetricWarning(UserWarning):
 
 def as_numpy(values) -> np.ndarray:
     """A numpy view/copy of a tensor (detached, on CPU; half precision widened to float32) or array-like."""
-    if isinstance(values, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded; metrics of CSV scores load none
+    if torch is not None and isinstance(values, torch.Tensor):
         values = values.detach().cpu()
         if values.dtype in (torch.float16, torch.bfloat16):
             values = values.float()
