@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from feclip import CONF_DIR, cli
+from feclip.errors import FeclipError
 
 PROG = "feclip"
 STOPPED = "what was written is whole; a started job's run.json says KILLED"
@@ -104,8 +105,6 @@ def _compose(overrides: list[str]) -> None:
     """Compose feclip's config with `overrides` (Hydra's part included: launchers, sweepers, searchpath);
     Hydra's composition errors as one line."""
     from hydra.errors import HydraException, MissingConfigException
-
-    from feclip.errors import FeclipError
 
     try:
         hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)

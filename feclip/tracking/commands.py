@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Sequence
 
 from feclip import tracking
-from feclip.cli import guard
+from feclip.cli import guard, load
 from feclip.files import writable_folder
 from feclip.tracking.report import build_folder_report, build_report
 
@@ -34,9 +34,7 @@ def sync_main(
 
 
 def _sync(folder: str, uri: str | None) -> int:
-    from feclip.tracking.sync import sync  # MLflow: only for the command that logs
-
-    run_ids = sync(folder, uri)
+    run_ids = load("feclip.tracking.sync:sync")(folder, uri)  # MLflow and the sweep's code: only to log
     print(f"synced {len(run_ids)} runs from {folder}")
     return 0
 

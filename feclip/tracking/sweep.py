@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from feclip import progress
 from feclip.errors import FeclipError
+from feclip.evaluation.figures import write_comparison
 from feclip.tracking.local import RUN_FILE, SWEEP_FILE, job_folders, read_json, write_json
 from feclip.tracking.report import (
     anchors_for,
@@ -293,8 +294,6 @@ def study(sweep_dir: Path) -> Study:
         table.attrs["experiment"] = sweep_id_for(sweep_dir)
     compared = [] if dev_only(sweep_dir) else comparisons(sweep_dir, runs)
     write_report(tables, Path(sweep_dir) / REPORT_DIR, runs, compared)
-    from feclip.evaluation.figures import write_comparison  # matplotlib and torch: only when a sweep ends
-
     write_comparison(Path(sweep_dir) / REPORT_DIR, tables)
     return Study(tables, runs, compared)
 
