@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from rich.console import Console
 from tqdm import tqdm
 
@@ -29,7 +31,7 @@ from feclip.progress import (
     sweep_line,
     tally,
 )
-from feclip.tracking.sweep import job_records
+from feclip.tracking.sweep import MlflowSweepCallback, job_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,3 +216,30 @@ def test_a_warning_during_a_bar_prints_on_its_own_line(capsys):
     shown = [segment for line in err.split("\n") for segment in line.split("\r")[-1:]]
     (warning,) = [line for line in shown if "careful" in line]
     assert warning.startswith("UserWarning: careful (test_progress.py:") and "epoch" not in warning
+
+
+def test_the_sweep_callback_opens_and_closes_a_jobs_channel_when_a_board_draws(tmp_path):
+    """Hydra's on_job_start / on_job_end of the sweep callback (in the job's process) reach the board: the
+    job's state file says it started, then that it ended; without a board they do nothing."""
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "mode": "RunMode.MULTIRUN",
+                "sweep": {"dir": str(tmp_path)},
+                "runtime": {"cwd": str(tmp_path), "output_dir": str(tmp_path / "3")},
+                "job": {"num": 3},
+                "overrides": {"task": ["domain=C"]},
+            }
+        }
+    )
+    callback = MlflowSweepCallback()
+    callback.on_job_start(config)
+    assert not (tmp_path / progress.CONSOLE_DIR / "3.json").exists()  # no board
+    board = {"pid": os.getpid(), "host": socket.gethostname(), "swept": ["domain"]}
+    (tmp_path / progress.CONSOLE_DIR).mkdir()
+    (tmp_path / progress.CONSOLE_DIR / progress.BOARD_FILE).write_text(json.dumps(board))
+    callback.on_job_start(config)
+    state = json.loads((tmp_path / progress.CONSOLE_DIR / "3.json").read_text())
+    assert state["overrides"] == ["domain=C"] and state.get("ended") is None
+    callback.on_job_end(config)
+    assert json.loads((tmp_path / progress.CONSOLE_DIR / "3.json").read_text())["ended"] > 0

@@ -177,19 +177,6 @@ class MlflowSweepCallback(Callback):
         progress.stop_board()
         end_sweep(sweep_dir_of(config))
 
-
-def refused(config: DictConfig) -> bool:
-    """Whether the configured sweeper refuses this sweep (its optional `check(config)` raises a
-    `FeclipError`): then nothing is written here, and the sweeper says why in one line."""
-    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
-    check = getattr(hydra.utils.get_class(target), "check", None) if target else None
-    try:
-        if check is not None:
-            check(config)
-    except FeclipError:
-        return True
-    return False
-
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """In the job's process: its line on the sweep's board, when one draws (`feclip.progress`)."""
         if str(OmegaConf.select(config, "hydra.mode", default="")).endswith("MULTIRUN"):
@@ -202,6 +189,19 @@ def refused(config: DictConfig) -> bool:
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
         progress.finish_job()
+
+
+def refused(config: DictConfig) -> bool:
+    """Whether the configured sweeper refuses this sweep (its optional `check(config)` raises a
+    `FeclipError`): then nothing is written here, and the sweeper says why in one line."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+    check = getattr(hydra.utils.get_class(target), "check", None) if target else None
+    try:
+        if check is not None:
+            check(config)
+    except FeclipError:
+        return True
+    return False
 
 
 def job_records(sweep_dir: Path) -> dict[str, dict]:
