@@ -1,6 +1,6 @@
 """Screenshot of a finished sweep's study in the MLflow UI (headless Chromium), for the README.
 
-    python run.py -m experiment=smoke domain=A,C freq=dct,fft tracking.uri=sqlite:///shot/mlflow.db
+    feclip run -m experiment=smoke domain=A,C freq=dct,fft tracking.uri=sqlite:///shot/mlflow.db
     python scripts/ui_screenshot.py --uri sqlite:///shot/mlflow.db --experiment smoke \
         --out docs/mlflow_runs.png
 
