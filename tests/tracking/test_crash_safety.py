@@ -176,13 +176,13 @@ def test_skip_finished_reruns_only_what_is_missing(tmp_path):
         "tracking.experiment=resume",
     ]
     common += ["eval.figures=false", "tracking.skip_finished=true"]
-    first = start_cli([*common, "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'first'}"], tmp_path)
+    first = start_cli([*common, "train.epochs=12", f"hydra.sweep.dir={tmp_path / 'first'}"], tmp_path)
     wait_for_epochs(tmp_path / "first" / "1", 2, first)  # job 0 (A) finished, job 1 (C) training
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=120)
     statuses = sorted(r.info.status for r in _runs(uri, "resume") if r.data.tags.get("domain"))
     assert statuses == ["FINISHED", "KILLED"]
-    run_cli([*common, "train.epochs=30", f"hydra.sweep.dir={tmp_path / 'second'}"], tmp_path)
+    run_cli([*common, "train.epochs=12", f"hydra.sweep.dir={tmp_path / 'second'}"], tmp_path)
     records = [json.loads((tmp_path / "second" / str(i) / "run.json").read_text()) for i in (0, 1)]
     assert [r["status"] for r in records] == ["SKIPPED", "FINISHED"]
     finished = [r.data.tags.get("domain") for r in _runs(uri, "resume") if r.info.status == "FINISHED"]
