@@ -1,4 +1,4 @@
-"""Every experiment preset (conf/experiment/*.yaml) composes and validates, on the real data layout
+"""Every experiment preset (feclip/conf/experiment/*.yaml) composes and validates, on the real data layout
 (data=hdmap) with the preset's own backbones and offline with the tiny random-init stand-ins; the baseline
 presets (experiments/006_baselines) carry the settings of docs/rivals.md."""
 
