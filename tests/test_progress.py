@@ -31,7 +31,7 @@ from feclip.progress import (
     sweep_line,
     tally,
 )
-from feclip.tracking.sweep import MlflowSweepCallback, job_records
+from feclip.tracking.sweep import MlflowSweepCallback, job_records, sweep_dir_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +76,22 @@ def test_the_sweep_line_counts_jobs_from_their_records_and_states():
     assert "4/8 done · 2 failed · 2 running · 2:05 · ETA 0:45" in line and line.startswith("sweep ")
     assert "ETA" not in sweep_line(Tally(None, done=3), elapsed=5)  # another sweeper: no total, no ETA
     assert "jobs starting" in sweep_line(Tally(4), elapsed=5)
+
+
+def test_a_job_counts_once_when_the_sweep_folder_is_named_through_dot_dot(tmp_path):
+    """The board matches a job's run.json (found under the sweep folder) with its state (folder: Hydra's
+    normalised `output_dir`): `hydra.sweep.dir=sub/../sweep` must name both the same way."""
+    sweep = {"dir": "sub/../sweep"}
+    config = OmegaConf.create({"hydra": {"sweep": sweep, "runtime": {"cwd": str(tmp_path)}}})
+    output_dir = os.path.abspath(tmp_path / "sub/../sweep" / "0")  # what Hydra gives the job
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sub").mkdir()
+    record = {"status": "FINISHED", "started": 1.0, "ended": 2.0}
+    (tmp_path / "sweep" / "0" / "run.json").write_text(json.dumps(record))
+    records = job_records(sweep_dir_of(config))
+    assert list(records) == [output_dir]
+    counted = tally(1, records, {output_dir: {"ended": 2.0, "status": "FINISHED"}}, now=3.0)
+    assert (counted.done, counted.failed, counted.running) == (1, 0, [])
 
 
 def test_a_job_row_shows_its_bar_and_fits_the_width():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -92,9 +93,9 @@ def sweep_id_for(sweep_dir: str | Path) -> str:
 
 
 def sweep_dir_of(config: DictConfig) -> Path:
-    """Absolute `hydra.sweep.dir` (resolved from the same config object, so `${now:}` matches the jobs')."""
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-    return sweep_dir if sweep_dir.is_absolute() else Path(str(config.hydra.runtime.cwd)) / sweep_dir
+    """Absolute, normalised `hydra.sweep.dir` (resolved from the same config object, so `${now:}` matches the
+    jobs'; normalised as Hydra normalises a job's `output_dir`, so `../x` names a job's folder one way)."""
+    return Path(os.path.abspath(Path(str(config.hydra.runtime.cwd)) / str(config.hydra.sweep.dir)))
 
 
 def _tracking_settings(config: DictConfig) -> tuple[bool, str, str]:
