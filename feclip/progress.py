@@ -44,6 +44,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from feclip.cli import one_line_library_logs
+from feclip.files import write_text
 
 _LABEL = [""]
 CONSOLE_DIR = "console"  # <sweep dir>/console: the board's files
@@ -143,27 +144,16 @@ class ReportedBar(tqdm):
         super().__init__(*args, file=_Sink(), **kwargs)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        if msg == "":  # tqdm clears a bar that does not stay (leave=False)
-            self._channel.bar_closed(self)
-        else:
+        if msg != "":  # "": tqdm clearing a bar that does not stay (leave=False); `close` reports it
             numbers = self.format_dict
             self._channel.bar(self, {key: numbers.get(key) for key in BAR_KEYS})
         return True
 
     def close(self) -> None:
-        if not self.disable and not getattr(self, "_closed_report", False):
-            self._closed_report = True
-            super().close()
+        was_open = not self.disable  # tqdm's close disables the bar: a second close does nothing
+        super().close()
+        if was_open:
             self._channel.bar_closed(self)
-        else:
-            super().close()
-
-
-def _write_json(path: Path, content: dict) -> None:
-    """Whole or not at all: a temporary file beside `path`, then renamed onto it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, default=str))
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:
@@ -214,7 +204,7 @@ class JobChannel:
         if force or now - self._written >= STATE_EVERY_S:
             self._written = now
             with contextlib.suppress(OSError):  # the board is a view: never fail a job for it
-                _write_json(self.state_file, self.state)
+                write_text(self.state_file, json.dumps(self.state, default=str))
 
     def bar(self, bar: tqdm, numbers: dict) -> None:
         self._bars.pop(id(bar), None)
@@ -625,17 +615,22 @@ class Board:
             self.console = Console(file=self._terminal, highlight=False)
         self._fit()
         self._saved = redirect_output(self.folder / SWEEP_LOG)
-        board = {"pid": os.getpid(), "host": socket.gethostname(), "swept": self.swept}
-        _write_json(self.folder / BOARD_FILE, board)
-        self._live = Live(
-            self.renderable(),
-            console=self.console,
-            auto_refresh=False,
-            transient=True,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-        self._live.start()
+        try:
+            board = {"pid": os.getpid(), "host": socket.gethostname(), "swept": self.swept}
+            write_text(self.folder / BOARD_FILE, json.dumps(board))
+            self._live = Live(
+                self.renderable(),
+                console=self.console,
+                auto_refresh=False,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+        except BaseException:
+            self._live = None
+            self._release()
+            raise
         self._thread = threading.Thread(target=self._run, name="feclip-board", daemon=True)
         self._thread.start()
         return self
@@ -670,9 +665,14 @@ class Board:
                     folder = folder.relative_to(Path.cwd())
                 shown_once = f"feclip: {self.repeated} repeated log records shown once"
                 self._print(f"{shown_once} (all: {folder}/<job>.log)", style="dim")
-        (self.folder / BOARD_FILE).unlink(missing_ok=True)
         self._live.stop()
         self._live = None
+        self._release()
+
+    def _release(self) -> None:
+        """Jobs see no board any more; file descriptors 1 and 2 back to this process; the terminal's copy
+        closed."""
+        (self.folder / BOARD_FILE).unlink(missing_ok=True)
         if self._saved is not None:
             restore_output(self._saved)
             self._saved = None
@@ -703,7 +703,11 @@ def start_board(
     stop_board()
     if not board_wanted():
         return None
-    _BOARD[0] = Board(sweep_dir, total, started=started, swept=swept, records=records).start()
+    board = Board(sweep_dir, total, started=started, swept=swept, records=records)
+    try:
+        _BOARD[0] = board.start()
+    except Exception as error:  # a view: the sweep goes on without it, with plain bars
+        print(f"feclip: the sweep's board did not start ({error!r}): plain progress bars", file=sys.stderr)
     return _BOARD[0]
 
 

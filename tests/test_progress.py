@@ -218,6 +218,25 @@ def test_no_board_without_a_terminal(tmp_path, monkeypatch):
     assert progress.job_started(tmp_path, "0") is None  # a job without a board writes as usual
 
 
+def test_a_board_that_cannot_start_gives_the_output_back_and_the_sweep_goes_on(tmp_path, monkeypatch, capfd):
+    """The live display fails after the process's output went to the sweep's log: file descriptors 1 and 2
+    come back, no board record is left for jobs to write into, and one line says so."""
+
+    def refuse(self):
+        raise OSError("no terminal after all")
+
+    monkeypatch.setattr(progress, "board_wanted", lambda: True)
+    monkeypatch.setattr("rich.live.Live.start", refuse)
+    before = os.fstat(1).st_ino, os.fstat(2).st_ino
+    assert progress.start_board(tmp_path, 2) is None
+    assert (os.fstat(1).st_ino, os.fstat(2).st_ino) == before
+    assert progress.board_of(tmp_path) is None
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [
+        "feclip: the sweep's board did not start (OSError('no terminal after all')): plain progress bars"
+    ]
+
+
 # -------------------------------------------------------------------------------- warnings and bars
 
 
