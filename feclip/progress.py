@@ -277,17 +277,24 @@ def finish_job() -> None:
 # ----------------------------------------------------------------------------------- a sweep's start
 
 
+def parsed_sweep(overrides, params) -> list:
+    """Hydra's parsed overrides of a sweep: `hydra.sweeper.params` ({key: values}), then the command line's
+    `overrides`; Hydra's error on a bad one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [f"{key}={value}" for key, value in (params or {}).items()]
+    arguments += [str(o) for o in overrides or []]
+    return OverridesParser.create().parse_overrides(arguments)
+
+
 def count_jobs(overrides, params, sweeper: str = "BasicSweeper") -> int | None:
     """How many jobs Hydra's basic sweeper launches for the sweep `overrides` and `hydra.sweeper.params`;
     None for another sweeper."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if "BasicSweeper" not in sweeper:
         return None
-    arguments = [f"{key}={value}" for key, value in (params or {}).items()]
-    arguments += [str(o) for o in overrides or []]
-    parsed = OverridesParser.create().parse_overrides(arguments)
+    parsed = parsed_sweep(overrides, params)
     return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
 
 

@@ -212,13 +212,10 @@ def job_records(sweep_dir: Path) -> dict[str, dict]:
 
 def swept_keys(config: DictConfig) -> list[str]:
     """The config keys a sweep varies (`domain`, `freq`): its sweep overrides and `hydra.sweeper.params`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    arguments = [f"{key}={value}" for key, value in params.items()]
-    arguments += [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+    overrides = OmegaConf.select(config, "hydra.overrides.task", default=[])
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
     try:
-        parsed = OverridesParser.create().parse_overrides(arguments)
+        parsed = progress.parsed_sweep(overrides, params)
     except Exception:  # Hydra reports a bad override itself
         return []
     return sorted({o.get_key_element() for o in parsed if o.is_sweep_override()})
@@ -267,33 +264,28 @@ def sweep_record(sweep_dir: str | Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def dev_only(sweep_dir: str | Path) -> bool:
-    """A search's trials (sweep.json `stage: trials`) are reported on the dev part only: the test part is
-    read by its confirm stage."""
-    return sweep_record(sweep_dir).get("stage") == "trials"
+def dev_only(record: dict) -> bool:
+    """A search's trials (sweep.json `record` with `stage: trials`) are reported on the dev part only: the
+    test part is read by its confirm stage."""
+    return record.get("stage") == "trials"
 
 
-def study(sweep_dir: Path) -> Study:
+def study(sweep_dir: Path, record: dict) -> Study:
     """The study of the sweep's job folders, written to `<sweep dir>/report` (report.md + one CSV per metric +
     runs.csv + comparison.png) when there is one: each study metric on the test part beside its dev part
     (`dev/<metric>`), the Δ tables of the sweep's `compare` settings, and the figure of every variant per
     domain with its interval (`figures.write_comparison`); a search's trials: the dev part only, no Δ
-    table."""
+    table. `record`: the sweep's sweep.json."""
     runs = folder_runs(sweep_dir)
     runs = runs[runs["domain"].notna() & (runs["domain"] != "-")]
-    names = [f"dev/{m}" for m in STUDY_METRICS] if dev_only(sweep_dir) else STUDY_METRICS
-    metrics = [
-        name
-        for m in names
-        for name in dict.fromkeys((m, f"dev/{m.removeprefix('dev/')}"))
-        if name in runs.columns and runs[name].notna().any()
-    ]
+    pairs = [(f"dev/{m}",) if dev_only(record) else (m, f"dev/{m}") for m in STUDY_METRICS]
+    metrics = [name for pair in pairs for name in pair if name in runs.columns and runs[name].notna().any()]
     if runs.empty or not metrics:
         return Study()
     tables = {metric: variant_domain_table(runs, metric) for metric in metrics}
     for table in tables.values():
         table.attrs["experiment"] = sweep_id_for(sweep_dir)
-    compared = [] if dev_only(sweep_dir) else comparisons(sweep_dir, runs)
+    compared = [] if dev_only(record) else comparisons(runs, record.get("compare"))
     write_report(tables, Path(sweep_dir) / REPORT_DIR, runs, compared)
     write_comparison(Path(sweep_dir) / REPORT_DIR, tables)
     return Study(tables, runs, compared)
@@ -304,10 +296,10 @@ def _job_number(folder: str) -> int:
     return int(name) if name.isdigit() else 1 << 30
 
 
-def comparisons(sweep_dir: Path, runs: pd.DataFrame) -> list[pd.DataFrame]:
+def comparisons(runs: pd.DataFrame, settings: dict | None) -> list[pd.DataFrame]:
     """The Δ tables of the sweep's `compare` settings (sweep.json), on the runs of the first job's eval_set
     per domain; none with one variant; a table that cannot be made is left out with one printed line."""
-    settings = sweep_record(sweep_dir).get("compare") or {"metrics": []}
+    settings = settings or {"metrics": []}
     runs, _ = same_images(runs)
     if runs["variant"].nunique() < 2:
         return []
@@ -341,11 +333,7 @@ def sweep_outcome(sweep_dir: Path) -> SweepOutcome:
     records = [read_json(folder / RUN_FILE) for folder in job_folders(sweep_dir)]
     counts = {status: sum(r.get("status") == status.upper() for r in records) for status in STATUSES}
     counts["running"] = sum(r.get("status") == "RUNNING" for r in records)  # a job that died hard
-    expected = (
-        read_json(Path(sweep_dir) / SWEEP_FILE).get("jobs")
-        if (Path(sweep_dir) / SWEEP_FILE).exists()
-        else None
-    )
+    expected = sweep_record(sweep_dir).get("jobs")
     counts["never_started"] = max(0, expected - len(records)) if expected is not None else 0
     failed = [r for r in records if r.get("status") in ("FAILED", "KILLED", "RUNNING")]
     return SweepOutcome(counts, failed, [r for r in records if r.get("folded_into")])
@@ -381,11 +369,11 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     and once how to serve the UI, then one line per failed job (the last lines)."""
     outcome = sweep_outcome(Path(sweep_dir))
     LAST_SWEEP[:] = [outcome]
-    found = study(Path(sweep_dir))
+    record = sweep_record(sweep_dir)
+    found = study(Path(sweep_dir), record)
     status, url, command = end_parent_run(sweep_dir, outcome, aborted=aborted)
     counts = ", ".join(f"{n} {name.replace('_', '-')}" for name, n in outcome.counts.items() if n)
-    path = Path(sweep_dir) / SWEEP_FILE
-    started = (read_json(path) if path.exists() else {}).get("started")
+    started = record.get("started")
     took = f" in {progress.duration(time.time() - started)}" if started else ""
     print(
         f"feclip sweep {sweep_id_for(sweep_dir)}: {counts or 'no jobs'}{took}"
@@ -393,10 +381,10 @@ def end_sweep(sweep_dir: str | Path, aborted: bool = False) -> SweepOutcome:
     )
     if outcome.folded:
         print(folded_line(sweep_id_for(sweep_dir), outcome.folded))
-    headline = "dev/auroc" if dev_only(sweep_dir) else "auroc"
+    headline = "dev/auroc" if dev_only(record) else "auroc"
     if headline in found.tables:
         print(study_summary(found.tables[headline], Path(sweep_dir) / REPORT_DIR))
-    if sweep_record(sweep_dir).get("stage") == "confirm":
+    if record.get("stage") == "confirm":
         print("\n".join(f"  {line}" for table in found.compared for line in comparison_lines(table)))
     if url:
         print(f"  parent run: {url}")
