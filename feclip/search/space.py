@@ -177,6 +177,11 @@ def build_space(search: DictConfig, task_overrides: Sequence[str], domain: str) 
         else:
             params.pop(key, None)
             fixed.append(override.input_line)
+    if not params:
+        raise SearchError(
+            "nothing to search: search.params is empty or the command line fixes each of its parameters; "
+            "expected at least one parameter with choices or a range"
+        )
     domains = search.domains if search.domains is not None else [domain]
     return Space(params, tuple(fixed), tuple(str(d) for d in domains))
 

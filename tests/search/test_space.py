@@ -75,6 +75,8 @@ def test_the_space_is_the_params_with_the_command_lines_sweeps_and_its_fixed_val
         ({"model.lam": "0.3"}, [], "search.params: model.lam=0.3 is not a search parameter"),
         ({"model.lam": "choice(0.1"}, [], "search.params: no viable alternative"),
         ({"freq": "choice(dct)"}, ["domain=A,C"], "expected search.domains=[A,C]"),
+        ({"freq": "choice(dct,fft)"}, ["freq=dct"], "nothing to search: search.params is empty or the"),
+        ({}, [], "nothing to search"),
     ],
 )
 def test_a_space_that_is_not_one_is_refused_in_one_line(params, overrides, expected):
