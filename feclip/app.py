@@ -16,6 +16,7 @@ failed or never started. `--help` lists the config groups and their options (`fe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import traceback
@@ -125,13 +126,16 @@ def _compose(overrides: list[str]) -> None:
 
 
 def _unknown_key(key: str, others: list[str]) -> str:
-    """The line for an override of a key the config does not have: the keys its parent node does have."""
+    """The line for an override of a key the config does not have: the keys its parent node does have (when
+    the `others` compose: another wrong one leaves the list out)."""
+    from hydra.errors import HydraException
     from omegaconf import DictConfig, OmegaConf
 
-    parent = key.rpartition(".")[0]
-    cfg = hydra.compose(config_name="config", overrides=others)
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    known = f"; expected one of: {', '.join(sorted(node))}" if isinstance(node, DictConfig) else ""
+    parent, known = key.rpartition(".")[0], ""
+    with contextlib.suppress(HydraException):
+        cfg = hydra.compose(config_name="config", overrides=others)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = f"; expected one of: {', '.join(sorted(node))}" if isinstance(node, DictConfig) else ""
     return f"{key} is not a config key{known} (a new key is added with +{key}=...)"
 
 

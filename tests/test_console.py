@@ -113,6 +113,7 @@ def test_run_and_predict_stop_on_bad_input_in_one_line(tmp_path):
             "hydra/launcher=joblibb is not an option of config group",
         ),
         (["model.lamda=0.1"], "model.lamda is not a config key; expected one of: adapters, checkpoint"),
+        (["model.lamda=0.1", "model.foo=2"], "model.lamda is not a config key (a new key is added with"),
         (
             ["-m", "seed=0,1", "eval.split.refs=3"],
             "eval.split.refs is not a config key; expected one of: dev_fraction",
