@@ -121,7 +121,7 @@ def _compose(overrides: list[str]) -> None:
         key = getattr(error.__cause__, "full_key", None)
         if not key or "not in struct" not in str(error.__cause__):
             raise FeclipError(_first_lines(error)) from None
-        others = [o for o in overrides if o.split("=")[0].lstrip("+~") != key]
+        others = [o for o in overrides if cli.override_key(o) != key]
         raise FeclipError(_unknown_key(key, others)) from None
 
 

@@ -63,6 +63,12 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def override_key(line: str) -> str:
+    """The key of a Hydra override line: `+model.lam=0.3` -> `model.lam`, `~seed` -> `seed`, `freq=dct` ->
+    `freq`."""
+    return line.split("=", 1)[0].lstrip("+~")
+
+
 def one_line(text: str, limit: int = LINE_LIMIT) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

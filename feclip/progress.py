@@ -43,7 +43,7 @@ from hydra.experimental.callback import Callback
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from feclip.cli import one_line_library_logs
+from feclip.cli import one_line_library_logs, override_key
 from feclip.files import write_text
 
 _LABEL = [""]
@@ -261,7 +261,7 @@ def job_started(sweep_dir: str | Path, key: str, **state) -> JobChannel | None:
         return None
     if "overrides" in state and board.get("swept"):
         swept = set(board["swept"])
-        state["overrides"] = [o for o in state["overrides"] if o.split("=", 1)[0].lstrip("+~") in swept]
+        state["overrides"] = [o for o in state["overrides"] if override_key(o) in swept]
     folder = Path(sweep_dir) / CONSOLE_DIR
     _CHANNEL[0] = JobChannel(folder, str(key), capture=board.get("pid") != os.getpid(), **state).open()
     return _CHANNEL[0]

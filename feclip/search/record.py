@@ -20,9 +20,11 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
+from feclip.cli import override_key
 from feclip.files import atomic_path, write_text
 from feclip.jobs.common import RANDOM_INIT_NOTE
 from feclip.search.plan import Plan
+from feclip.search.space import param_overrides
 from feclip.search.study import STUDY_FILE, best_trials, pick
 from feclip.tracking.sweep import parent_file
 from feclip.tracking.tracker import client_for, param_key
@@ -49,23 +51,19 @@ def trials_table(study: optuna.Study, names: list[str]) -> pd.DataFrame:
                 "failure": attrs.get("failure", ""),
                 "random_init": attrs.get("random_init"),
                 "deployable": attrs.get("deployable"),
-                "overrides": attrs.get("overrides", ""),
+                "overrides": " ".join(param_overrides(t.params)),
                 "runs": " ".join(str(j.get("run_id")) for j in attrs.get("jobs", {}).values()),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _quoted(words: list[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
-
-
 def run_line(p: Plan, trial: FrozenTrial) -> str:
     """The trial's config as a ready-to-run command: the fixed overrides (not the search's own) + its
     parameters, on the search's domains."""
-    fixed = [o for o in p.space.fixed if not o.lstrip("+~").split("=", 1)[0].split(".")[0] == "search"]
-    words = [*fixed, *trial.user_attrs.get("overrides", "").split(), f"domain={','.join(p.space.domains)}"]
-    return f"feclip run {'-m ' if len(p.space.domains) > 1 else ''}{_quoted(words)}"
+    fixed = [o for o in p.space.fixed if override_key(o).split(".")[0] != "search"]
+    words = [*fixed, *param_overrides(trial.params), f"domain={','.join(p.space.domains)}"]
+    return f"feclip run {'-m ' if len(p.space.domains) > 1 else ''}{shlex.join(words)}"
 
 
 def _values(names: list[str], trial: FrozenTrial) -> str:
@@ -200,8 +198,7 @@ def log_on_parent(sweep_dir: Path, out: Path, study: optuna.Study, names: list[s
                 picked = pick(study)
                 for name, value in zip(names, picked.values, strict=True):
                     client.log_metric(record["run_id"], param_key(f"search/best {name}"), value)
-                client.set_tag(
-                    record["run_id"], "search.best_overrides", picked.user_attrs.get("overrides", "")
-                )
+                overrides = " ".join(param_overrides(picked.params))
+                client.set_tag(record["run_id"], "search.best_overrides", overrides)
     except Exception as error:  # the store may be gone: the study is in its folder
         print(f"feclip: could not log the study on the parent run ({one_line(error, 160)})", file=sys.stderr)

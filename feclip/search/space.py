@@ -25,6 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from feclip.cli import override_key
 from feclip.errors import FeclipError
 from feclip.registry import Registry, choices
 
@@ -204,7 +205,7 @@ def param_overrides(params: dict[str, Any]) -> list[str]:
 def identity(search: DictConfig, space: Space) -> dict:
     """What makes two commands the same search (a study is resumed only by its own): the fixed overrides
     (bar the search's budget and stage), the parameters, objective, direction, domains and aggregate."""
-    fixed = sorted(o for o in space.fixed if not o.split("=", 1)[0].lstrip("+~").startswith("search."))
+    fixed = sorted(o for o in space.fixed if not override_key(o).startswith("search."))
     return {
         "overrides": fixed,
         "params": {name: repr(dist) for name, dist in sorted(space.params.items())},

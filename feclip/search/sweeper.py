@@ -147,7 +147,7 @@ def confirm(p: Plan, launcher) -> None:
     search.confirm.domains x seeds; the sweep report compares them on the test part."""
     study = load_study(p.folder, p.search.name, p.identity())
     best = pick(study)
-    fixed = [o for o in p.space.fixed if o.split("=", 1)[0] != "seed"]
+    fixed = [o for o in p.space.fixed if cli.override_key(o) != "seed"]
     candidates = [[*fixed, *p.search.confirm.baseline], [*fixed, *param_overrides(best.params)]]
     domains = p.search.confirm.domains or p.space.domains
     jobs = [
@@ -160,8 +160,9 @@ def confirm(p: Plan, launcher) -> None:
     claimed = [m[len(DEV_PREFIX) :] for m in objective_metrics(p.search.objective)]
     compare["metrics"] = list(dict.fromkeys([*claimed, *compare["metrics"]]))
     update_sweep(p.sweep_dir, jobs=len(jobs), stage="confirm", compare=compare)
+    chosen = " ".join(param_overrides(best.params))
     print(
-        f"feclip search {p.search.name}: trial {best.number} ({best.user_attrs.get('overrides')}) against "
-        f"the baseline on the test part: {len(jobs)} jobs"
+        f"feclip search {p.search.name}: trial {best.number} ({chosen}) against the baseline on the test "
+        f"part: {len(jobs)} jobs"
     )
     launcher.launch(jobs, initial_job_idx=0)

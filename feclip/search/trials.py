@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feclip.search.space import AGGREGATES, SearchError
+from feclip.search.space import AGGREGATES, DEV_PREFIX, SearchError
 from feclip.tracking.local import METRICS_FILE, RUN_FILE, read_json
 
 
@@ -47,7 +47,7 @@ def _value(record: dict, metric: str, domain: str) -> float | str:
     if record["status"] != "FINISHED":
         return f"job of domain {domain} {str(record['status']).lower()}: {record['reason']}"
     if metric not in record["metrics"]:
-        logged = ", ".join(m for m in record["metrics"] if m.startswith("dev/") and "_ci_" not in m)
+        logged = ", ".join(m for m in record["metrics"] if m.startswith(DEV_PREFIX) and "_ci_" not in m)
         raise SearchError(
             f"search.objective: {metric} is not a metric this job logs ({record.get('folder')}); expected "
             f"one of: {logged} (in a new study: search.name=<another>)"
