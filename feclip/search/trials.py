@@ -24,11 +24,14 @@ class Outcome:
 
 
 def job_record(folder: Path) -> dict:
-    """{status, reason, run_id, metrics, undefined, random_init, deployable} of one job folder."""
+    """{status, reason, run_id, metrics, undefined, random_init, deployable} of one job folder (of the job it
+    was folded into when it was folded: `feclip.jobs.common.fold`)."""
     folder = Path(folder)
     if not (folder / RUN_FILE).exists():
         return {"status": "MISSING", "reason": f"{folder} has no {RUN_FILE}: the job never started"}
     run = read_json(folder / RUN_FILE)
+    if run.get("folded_into"):  # a repeated proposal: the same computation as an earlier job, its record
+        return job_record(Path(run["folded_into"]["job_folder"]))
     found = read_json(folder / METRICS_FILE) if (folder / METRICS_FILE).exists() else {}
     return {
         "status": run.get("status"),

@@ -145,6 +145,17 @@ def test_a_trials_domains_make_its_objective_values_and_a_failure_is_its_reason(
         trial_outcome({"C": a}, ("dev/acx",), "mean")
 
 
+def test_a_trial_whose_job_was_folded_takes_the_value_of_the_job_it_repeats(tmp_path):
+    """A sampler may propose a point again: its job is folded into the earlier one (SKIPPED, not run) and
+    the trial's value is that job's, not a failure."""
+    first = _job(tmp_path / "0", **{"dev/acc": 0.6})
+    (tmp_path / "4").mkdir()
+    folded = {"job": "0", "job_folder": str(first), "run_name": "C-feclip·dct", "axes": []}
+    write_json(tmp_path / "4" / "run.json", {"status": "SKIPPED", "reason": "same", "folded_into": folded})
+    outcome = trial_outcome({"C": tmp_path / "4"}, ("dev/acc",), "mean")
+    assert outcome.values == pytest.approx([0.6]) and outcome.reason is None
+
+
 @pytest.mark.parametrize("space", SPACES)
 def test_every_shipped_space_passes_its_checks(space, tmp_path):
     found = planned(f"search={space}", f"search.dir={tmp_path / 'search'}")
