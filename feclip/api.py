@@ -40,10 +40,10 @@ from feclip.evaluation.predictor import (
     predict_files,
     predict_precision,
 )
-from feclip.jobs.run import main as run_job
+from feclip.jobs.run import run as run_job
+from feclip.methods.registry import job_reads
 from feclip.runtime import DEVICES, Runtime, compute_identity
 from feclip.tracking import JobInfo
-from feclip.tracking.local import METRICS_FILE, read_json
 from feclip.tracking.report import collect_runs, folder_runs
 
 DEFAULT_EXPERIMENT = "feclip"  # tracking.experiment of the packaged config
@@ -66,11 +66,20 @@ def run(config: DictConfig | Sequence[str], folder: str | Path) -> dict[str, flo
     when the group choices are known (overrides, or `compose(..., hydra=True)`), else by the values that
     differ from the default config. Relative paths in the config mean the current folder."""
     cfg = config if isinstance(config, DictConfig) else compose(*config, hydra=True)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # names compose their base
-        job = JobInfo.from_hydra(cfg, cfg.hydra) if "hydra" in cfg else JobInfo.from_config(cfg)
-    run_job(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), Path(folder), job)
-    metrics = read_json(Path(folder) / METRICS_FILE)["metrics"]
+    job_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    metrics, _ = run_job(job_cfg, Path(folder), job_info(cfg))
     return {name: float("nan") if value is None else value for name, value in metrics.items()}
+
+
+def job_info(cfg: DictConfig) -> JobInfo:
+    """The run name and variant `run` gives the job of `cfg`: `feclip run`'s when `cfg` has its `hydra` node
+    (the group choices), else by the values that differ from the default config; either way in the keys its
+    method reads (`feclip.methods.registry.job_reads`)."""
+    reads = job_reads(cfg)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # names compose their base
+        if "hydra" in cfg:
+            return JobInfo.from_hydra(cfg, cfg.hydra, reads)
+        return JobInfo.from_config(cfg, reads)
 
 
 def runs(source: str | Path, experiment: str | None = None) -> pd.DataFrame:

@@ -36,6 +36,19 @@ def test_compose_is_the_command_line_config(tmp_path):
     assert "runtime" in api.compose(hydra=True).hydra
 
 
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        ((), "C-feclip·dct"),
+        (("freq=fft",), "C-feclip·fft"),
+        (("method=patchcore", "freq=fft"), "C-patchcore·tiny"),
+    ],
+)
+def test_a_job_run_from_overrides_is_named_as_feclip_run_names_it(overrides, name):
+    """By what its method computes: the default by its content (dct), PatchCore without FE-CLIP's freq."""
+    assert api.job_info(api.compose(*overrides, hydra=True)).run_name == name
+
+
 def test_run_returns_the_metrics_of_its_job_folder(job):
     tmp, _, metrics = job
     assert (tmp / "jobs" / "A-fft" / "checkpoint").is_dir()

@@ -359,8 +359,9 @@ def closing_line(
     return "  ".join(parts)
 
 
-def launch_root() -> Path:
-    """Where the command was typed (Hydra's runtime.cwd), else the working directory."""
+def launch_dir() -> Path:
+    """Where the command was typed (Hydra's runtime.cwd, whatever `hydra.job.chdir`), else the working
+    directory."""
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
@@ -427,7 +428,7 @@ def tracked_job(
         )
         reason = f"same as job {same['job']} ({same['run_name']}): {why}"
         update_run(output_dir, **identity, tags=tags, status="SKIPPED", reason=reason, folded_into=same)
-        print(f"feclip: folded job {output_dir.name} ({job.run_name}), not run: {reason}")
+        progress.job_done("SKIPPED", f"{progress.MARKS['SKIPPED']} {job.run_name}  folded, not run: {reason}")
         return folded_metrics(Path(same["job_folder"]))
     if cfg.tracking.enabled and cfg.tracking.skip_finished:
         done = finished_run(cfg, uri, tags["feclip.config_hash"])
@@ -505,7 +506,7 @@ def tracked_job(
         else:  # one line per job; the sweep's closing lines say where the runs and the UI are
             headline = key_metrics[0] if key_metrics else None
             progress.job_done(
-                ended["status"], closing_line(ended, shown, headline=headline, root=launch_root())
+                ended["status"], closing_line(ended, shown, headline=headline, root=launch_dir())
             )
         if tracker.lost:
             print(

@@ -12,17 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 from feclip import config
 from feclip.evaluation.predictor import predict_identity
 from feclip.files import writable_folder
-from feclip.jobs.common import tracked_job
+from feclip.jobs.common import launch_dir, tracked_job
 from feclip.jobs.registry import Job, job_for
 from feclip.jobs.train_eval import scored_parts
 from feclip.methods.registry import job_reads
 from feclip.tracking import JobInfo
 from feclip.tracking.artifacts import with_local_checkpoint
-
-
-def launch_dir() -> Path:
-    """Where `python run.py` was typed (Hydra's runtime.cwd, whatever `hydra.job.chdir`), else the cwd."""
-    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
 
 
 def predict_job_info(cfg: DictConfig, job: JobInfo) -> JobInfo:
@@ -51,8 +46,17 @@ def shown_metrics(cfg: DictConfig, kind: Job) -> tuple[str, ...]:
 
 def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = None) -> float | None:
     """Validate, run, return the job's headline metric (None when it has none; of the dev part when the job
-    scores no test part). Relative paths in the config mean the launch directory, so a job runs the same
-    from its own folder (`hydra.job.chdir=true`)."""
+    scores no test part)."""
+    metrics, headline = run(cfg, output_dir, job)
+    return metrics.get(headline)
+
+
+def run(
+    cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = None
+) -> tuple[dict[str, float], str]:
+    """Validate and run the job: its metrics (those of the run it repeats when it was folded or skipped) and
+    the name of its headline metric. Relative paths in the config mean the launch directory, so a job runs
+    the same from its own folder (`hydra.job.chdir=true`)."""
     config.validate(cfg)
     kind = job_for(cfg)
     output_dir = (output_dir or Path(HydraConfig.get().runtime.output_dir)).resolve()
@@ -62,4 +66,4 @@ def main(cfg: DictConfig, output_dir: Path | None = None, job: JobInfo | None = 
     if cfg.mode == "predict":
         job = predict_job_info(cfg, job)
     shown = shown_metrics(cfg, kind)
-    return tracked_job(cfg, output_dir, job, kind.body, key_metrics=shown).get(shown[0])
+    return tracked_job(cfg, output_dir, job, kind.body, key_metrics=shown), shown[0]

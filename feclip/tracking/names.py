@@ -197,10 +197,10 @@ class JobInfo:
         return cls(run_name(parts), variant(parts), choices, parent, task, folder)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> JobInfo:
+    def from_config(cls, cfg: DictConfig, reads: Reads = EVERYTHING) -> JobInfo:
         """For a config composed without its `hydra` node (its group choices unknown, `feclip.api`): named by
-        the values that differ from the default config (`C-transform=fft` where Hydra's job is `C-fft`).
-        Needs Hydra initialised on the config folder (`hydra.initialize_config_dir`)."""
+        the values that differ from the default config in what the method `reads` (`C-transform=fft` where
+        Hydra's job is `C-fft`). Needs Hydra initialised on the config folder (`initialize_config_dir`)."""
         base, default_choices = _compose_base({}, [])
-        parts = name_parts(OmegaConf.to_container(cfg, resolve=True), base, {}, default_choices)
+        parts = name_parts(OmegaConf.to_container(cfg, resolve=True), base, {}, default_choices, reads)
         return cls(run_name(parts), variant(parts))
