@@ -153,10 +153,13 @@ def scored_parts(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def part_metrics_of(metrics: dict[str, float], part: str) -> dict[str, float]:
-    """The metrics of one part under their plain names (the test part's are; the dev part's lose `dev/`)."""
+    """The metrics of one part under their plain names (the test part's are; the dev part's lose `dev/`),
+    with the run's own (thresholds `thr_*`, counts: unprefixed, no part scored to make them) when the part
+    is the only one scored."""
     if part == "test":
         return metrics
-    return {k.removeprefix(f"{part}/"): v for k, v in metrics.items() if k.startswith(f"{part}/")}
+    prefix = f"{part}/"
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix) or "/" not in k}
 
 
 def scorer(cfg: DictConfig, method: Method, to_input: HDMAPInput, rt: Runtime, *, refs, map_size):

@@ -15,6 +15,7 @@ from feclip.data.hdmap import load_domain
 from feclip.evaluation.predictor import load_predictor, predict_files
 from feclip.evaluation.split import split_test
 from feclip.jobs.run import main
+from feclip.jobs.train_eval import part_metrics_of
 from feclip.runtime import Runtime
 from feclip.tracking import JobInfo
 
@@ -40,6 +41,15 @@ def _parts(root: Path, *overrides: str) -> pd.Series:
     test = load_domain(root, "C", splits=("test",), cold_warm_split=N // 2)
     split = split_test(test.meta, compose(*small_data(root.parent), *overrides).eval.split)
     return pd.Series(split.part, index=test.meta["path"])
+
+
+def test_a_dev_only_runs_figures_get_its_thresholds_with_the_dev_metrics():
+    """A search trial scores the dev part only: its figures read the dev metrics under plain names and the
+    deployable thresholds (unprefixed: made on refs), so they draw the fa1 lines and mark hits and misses."""
+    metrics = {"thr_fa1": 0.5, "thr_fa1_cold": 0.4, "dev/auroc": 0.7, "dev/acc_fa1": 0.6}
+    expected = {"thr_fa1": 0.5, "thr_fa1_cold": 0.4, "auroc": 0.7, "acc_fa1": 0.6}
+    assert part_metrics_of(metrics, "dev") == expected
+    assert part_metrics_of(metrics, "test") is metrics
 
 
 def test_methods_and_seeds_log_one_eval_set(tmp_path):
