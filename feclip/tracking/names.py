@@ -26,17 +26,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from feclip.identity import EVERYTHING, SEPARATOR, Reads, leaves
+from feclip.identity import EVERYTHING, NEVER, SEPARATOR, Reads, leaves, under
 from feclip.tracking.sweep import parent_run_id_for_sweep
 
 IGNORED = (
-    "hydra",
-    "search",  # the search that ran the job (its trial's values are the job's own keys)
-    "tracking",
+    *NEVER,  # where a job runs and is tracked; the search that ran it (a trial's values are its own keys)
     "device",
     "precision",
-    "cache_dir",
-    "compare",
     "mode",
     "predict",
     "data.root",
@@ -65,7 +61,7 @@ NOT_NAMING = ("domain", *PRESETS, "method")  # groups named elsewhere (domain, m
 
 
 def _ignored(key: str) -> bool:
-    return any(key == prefix or key.startswith(f"{prefix}.") for prefix in IGNORED)
+    return any(under(key, prefix) for prefix in IGNORED)
 
 
 def _value(value: Any) -> str:
