@@ -428,7 +428,8 @@ def tracked_job(
         )
         reason = f"same as job {same['job']} ({same['run_name']}): {why}"
         update_run(output_dir, **identity, tags=tags, status="SKIPPED", reason=reason, folded_into=same)
-        progress.job_done("SKIPPED", f"{progress.MARKS['SKIPPED']} {job.run_name}  folded, not run: {reason}")
+        line = f"feclip: folded job {output_dir.name} ({job.run_name}), not run: {reason}"
+        progress.job_done("SKIPPED", line)
         return folded_metrics(Path(same["job_folder"]))
     if cfg.tracking.enabled and cfg.tracking.skip_finished:
         done = finished_run(cfg, uri, tags["feclip.config_hash"])
