@@ -19,6 +19,7 @@ import contextlib
 import errno
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,11 +43,14 @@ PATH_ERRNOS = {  # OSErrors about a path the user chose, and what they mean to t
     errno.ENAMETOOLONG: "name too long",
 }
 LINE_LIMIT = 300  # characters of a library's log message that are shown
+RESEND_S = 0.05  # a swallowed signal is sent again after this long (`signals_as_exceptions`)
 
 
 @contextlib.contextmanager
 def signals_as_exceptions() -> Iterator[None]:
     """SIGTERM (SLURM's time limit) and SIGINT raise `Terminated` in the main thread, so work ends cleanly.
+    Where Python swallows that exception (the signal came during a weakref callback or a `__del__`:
+    "Exception ignored in ..."), the signal is sent again a moment later, to land in the work itself.
     Elsewhere (a worker thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -55,10 +59,19 @@ def signals_as_exceptions() -> Iterator[None]:
     def handler(number, frame):
         raise Terminated(number)
 
+    def unraisable(info) -> None:
+        if not isinstance(info.exc_value, Terminated):
+            hook(info)
+            return
+        signum = info.exc_value.signum
+        threading.Timer(RESEND_S, os.kill, (os.getpid(), signum)).start()
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for sig, old in previous.items():
             signal.signal(sig, old)
 

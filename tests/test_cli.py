@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,24 @@ def test_a_bug_keeps_its_traceback_and_success_is_zero():
     with pytest.raises(ZeroDivisionError):
         cli.guard(lambda: 1 / 0, "prog")
     assert cli.guard(lambda: None, "prog") == cli.EXIT_OK
+
+
+def test_a_signal_python_swallows_is_sent_again_and_ends_the_work(capfd):
+    """A SIGTERM that lands in a weakref callback (garbage collection during the work) raises there, where
+    Python only prints "Exception ignored": it is sent again and ends the work, and nothing is printed."""
+
+    class Held:
+        pass
+
+    held = Held()
+    finalizer = weakref.ref(held, lambda ref: (os.kill(os.getpid(), signal.SIGTERM), sum(range(100))))
+    with pytest.raises(Terminated, match="SIGTERM"), cli.signals_as_exceptions():
+        del held
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the work goes on after the callback
+            sum(range(1000))
+    assert time.monotonic() < deadline and finalizer() is None
+    assert capfd.readouterr().err == ""
 
 
 def test_library_logs_lose_their_traceback_and_keep_one_line(capfd):
